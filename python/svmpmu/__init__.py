@@ -1,0 +1,67 @@
+"""svmpmu: replay, compare and fuzz KVM's virtualization of AMD Host-Only/Guest-Only counters.
+
+The model is specified in ``shared/spec/model.md``; the record layout and the choices the
+specification leaves open are in ``docs/semantics.md``. Quick start::
+
+    import svmpmu
+    from svmpmu import TraceBuilder, eventsel, INSTRUCTIONS_RETIRED
+
+    trace = (TraceBuilder()
+             .wrmsr_evtsel(0, eventsel(INSTRUCTIONS_RETIRED, guest_only=True))
+             .wrmsr_efer(1).vmentry().vmrun().run(1000).vmexit().read(0)
+             .build())
+    svmpmu.simulate(trace, "final").reads      # array([1001], dtype=uint64)
+    svmpmu.compare(trace, "v4").diverges       # True
+"""
+
+from ._api import compare, simulate, validate
+from ._core import __version__
+from .errors import PolicyError, TraceError
+from .model import (
+    BRANCHES_RETIRED,
+    EN,
+    GUEST_ONLY,
+    HOST_ONLY,
+    INSTRUCTIONS_RETIRED,
+    INT,
+    OS,
+    USR,
+    FilterAction,
+    Op,
+    event_key,
+    eventsel,
+    selector_key,
+)
+from .policy import KNOB_VALUES, PRESETS, Policy
+from .result import Comparison, Result
+from .trace import COLUMNS, Trace, TraceBuilder
+
+__all__ = [
+    "BRANCHES_RETIRED",
+    "COLUMNS",
+    "EN",
+    "GUEST_ONLY",
+    "HOST_ONLY",
+    "INSTRUCTIONS_RETIRED",
+    "INT",
+    "KNOB_VALUES",
+    "OS",
+    "PRESETS",
+    "USR",
+    "Comparison",
+    "FilterAction",
+    "Op",
+    "Policy",
+    "PolicyError",
+    "Result",
+    "Trace",
+    "TraceBuilder",
+    "TraceError",
+    "__version__",
+    "compare",
+    "event_key",
+    "eventsel",
+    "selector_key",
+    "simulate",
+    "validate",
+]

@@ -1,0 +1,70 @@
+"""The calls into the Rust core: simulate, compare and validate one trace."""
+
+from __future__ import annotations
+
+from . import _core
+from .model import MAX_PMCS
+from .policy import PolicyLike, resolve_policy
+from .result import Comparison, Result
+from .trace import Trace
+
+__all__ = ["compare", "simulate", "validate"]
+
+
+def _columns(trace: Trace) -> tuple:
+    if not isinstance(trace, Trace):
+        raise TypeError(f"expected a svmpmu.Trace, got {type(trace).__name__}")
+    return (trace.op, trace.pmc, trace.cpl, trace.flag, trace.key, trace.value)
+
+
+def _n_pmcs(n_pmcs: int) -> int:
+    if isinstance(n_pmcs, bool) or not isinstance(n_pmcs, int):
+        raise TypeError(f"n_pmcs must be an int, got {type(n_pmcs).__name__}")
+    if not 1 <= n_pmcs <= MAX_PMCS:
+        raise ValueError(f"n_pmcs must be 1..{MAX_PMCS}, got {n_pmcs}")
+    return n_pmcs
+
+
+def simulate(
+    trace: Trace, policy: PolicyLike = "final", *, n_pmcs: int = 6, timeline: bool = False
+) -> Result:
+    """Replay ``trace`` through ``policy`` (a :class:`Policy` or a preset name) in the Rust core.
+
+    The trace is validated first (:class:`TraceError` on the first invalid record, and nothing
+    is counted). With ``timeline=True`` the result also holds the per-record ``hw_enabled``,
+    ``svme`` and ``guest_mode`` arrays.
+    """
+    resolved = resolve_policy(policy)
+    return Result(*_core.simulate(_columns(trace), resolved, _n_pmcs(n_pmcs), bool(timeline)))
+
+
+def compare(
+    trace: Trace, policy: PolicyLike, reference: PolicyLike = "arch", *, n_pmcs: int = 6
+) -> Comparison:
+    """Replay ``trace`` through ``policy`` and ``reference`` side by side (model.md section 8)."""
+    p, q = resolve_policy(policy), resolve_policy(reference)
+    diverges, first, a, b = _core.compare(_columns(trace), p, q, _n_pmcs(n_pmcs))
+    policy_result, reference_result = Result(*a), Result(*b)
+    differing_pmcs = tuple(
+        i
+        for i in range(n_pmcs)
+        if policy_result.counters[i] != reference_result.counters[i]
+        or policy_result.overflows[i] != reference_result.overflows[i]
+        or policy_result.pmis[i] != reference_result.pmis[i]
+    )
+    differing_reads = tuple(
+        int(k) for k in (policy_result.reads != reference_result.reads).nonzero()[0]
+    )
+    return Comparison(
+        diverges=bool(diverges),
+        first_divergence=first,
+        differing_pmcs=differing_pmcs,
+        differing_reads=differing_reads,
+        policy=policy_result,
+        reference=reference_result,
+    )
+
+
+def validate(trace: Trace, *, n_pmcs: int = 6) -> None:
+    """Check every record rule of model.md section 4; raise :class:`TraceError` on the first break."""
+    _core.validate(_columns(trace), _n_pmcs(n_pmcs))

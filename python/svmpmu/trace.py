@@ -1,0 +1,311 @@
+"""Traces: records held column-wise (model.md section 4), and a builder for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .model import (
+    CPL_USER,
+    INSTRUCTIONS_RETIRED,
+    FilterAction,
+    Op,
+)
+
+__all__ = ["COLUMNS", "Trace", "TraceBuilder"]
+
+COLUMNS: dict[str, np.dtype] = {
+    "op": np.dtype(np.uint8),
+    "pmc": np.dtype(np.uint8),
+    "cpl": np.dtype(np.uint8),
+    "flag": np.dtype(np.uint8),
+    "key": np.dtype(np.uint32),
+    "value": np.dtype(np.uint64),
+}
+"""The record columns of a trace and their dtypes: 16 bytes a record."""
+
+
+def _column(name: str, data: Any, length: int | None) -> np.ndarray:
+    """One column as a contiguous 1-D array of its dtype, without a copy when it already is one."""
+    dtype = COLUMNS[name]
+    if data is None:
+        if length is None:
+            raise ValueError("the 'op' column is required")
+        return np.zeros(length, dtype=dtype)
+    array = np.asarray(data)
+    if array.ndim != 1:
+        raise ValueError(f"column {name!r} must be one-dimensional, got shape {array.shape}")
+    if array.dtype != dtype:
+        if array.size and array.dtype.kind not in "iub":
+            raise TypeError(f"column {name!r} must hold integers, got dtype {array.dtype}")
+        if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
+            raise ValueError(f"column {name!r} holds a negative value")
+        if array.size and int(array.max()) > np.iinfo(dtype).max:
+            raise ValueError(
+                f"column {name!r} holds a value wider than its dtype {dtype} "
+                f"(maximum {int(array.max()):#x})"
+            )
+        array = array.astype(dtype)
+    array = np.ascontiguousarray(array)
+    if length is not None and len(array) != length:
+        raise ValueError(
+            f"column {name!r} has {len(array)} records, but 'op' has {length}"
+        )
+    return array
+
+
+class Trace:
+    """A sequence of records, held column-wise (struct of arrays).
+
+    Columns (see :data:`COLUMNS`): ``op`` (uint8, an :class:`~svmpmu.Op`), ``pmc`` (uint8),
+    ``cpl`` (uint8: 0 is kernel, 1..3 user), ``flag`` (uint8), ``key`` (uint32, a 20-bit event
+    key) and ``value`` (uint64). A record uses only the fields its op needs; the others are
+    ignored. Build a trace with :class:`TraceBuilder`, or from your own arrays: columns that are
+    already contiguous arrays of the right dtype are used as they are, without a copy; omitted
+    columns are zeros. The arrays are made read-only views so that a trace cannot change under
+    a result. A trace is not validated until it is simulated.
+    """
+
+    __slots__ = ("op", "pmc", "cpl", "flag", "key", "value")
+
+    def __init__(
+        self,
+        op: Any,
+        pmc: Any = None,
+        cpl: Any = None,
+        flag: Any = None,
+        key: Any = None,
+        value: Any = None,
+    ) -> None:
+        op_array = _column("op", op, None)
+        n = len(op_array)
+        columns = {
+            "op": op_array,
+            "pmc": _column("pmc", pmc, n),
+            "cpl": _column("cpl", cpl, n),
+            "flag": _column("flag", flag, n),
+            "key": _column("key", key, n),
+            "value": _column("value", value, n),
+        }
+        for name, array in columns.items():
+            view = array.view()
+            view.flags.writeable = False
+            object.__setattr__(self, name, view)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Trace is immutable")
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> Trace:
+        """A trace from a mapping of column names to arrays (e.g. an ``np.load`` of a ``.npz``)."""
+        unknown = set(columns) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown trace columns: {', '.join(sorted(unknown))}")
+        return cls(**{name: columns[name] for name in columns})
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The columns by name, in layout order."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    def save(self, path: Any) -> None:
+        """Write the trace to a ``.npz`` file (one array a column); read it back with :meth:`load`."""
+        np.savez(path, **self.columns())
+
+    @classmethod
+    def load(cls, path: Any) -> Trace:
+        """Read a trace written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls.from_columns({name: data[name] for name in data.files})
+
+    def __len__(self) -> int:
+        return len(self.op)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the record columns (16 a record)."""
+        return sum(getattr(self, name).nbytes for name in COLUMNS)
+
+    def __getitem__(self, index: slice) -> Trace:
+        """A slice of the trace, as a trace (views, no copy)."""
+        if not isinstance(index, slice):
+            raise TypeError("a Trace is indexed by slices; use records() for single records")
+        return Trace(**{name: getattr(self, name)[index] for name in COLUMNS})
+
+    def records(self) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """The records as ``(op, pmc, cpl, flag, key, value)`` tuples of Python ints."""
+        return zip(*(getattr(self, name).tolist() for name in COLUMNS))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Trace):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in COLUMNS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Trace of {len(self)} records>"
+
+    def format(self, limit: int | None = 50) -> str:
+        """The records as readable lines, one a record (at most ``limit``; None for all)."""
+        lines = []
+        for index, record in enumerate(self.records()):
+            if limit is not None and index >= limit:
+                lines.append(f"... {len(self) - limit} more records")
+                break
+            lines.append(f"{index:6d}  {format_record(*record)}")
+        return "\n".join(lines)
+
+
+def format_record(op: int, pmc: int, cpl: int, flag: int, key: int, value: int) -> str:
+    """One record in the notation of the specification, e.g. ``RUN(n=1000, key=0x0c0, cpl=3)``."""
+    try:
+        name = Op(op).name
+    except ValueError:
+        return f"<unknown op {op}>"
+    if op == Op.WRMSR_EVTSEL:
+        return f"WRMSR_EVTSEL(pmc={pmc}, value={value:#x})"
+    if op == Op.WRMSR_CTR:
+        return f"WRMSR_CTR(pmc={pmc}, value={value:#x})"
+    if op == Op.WRMSR_GLOBAL_CTRL:
+        return f"WRMSR_GLOBAL_CTRL(value={value:#x})"
+    if op == Op.WRMSR_EFER:
+        return f"WRMSR_EFER(svme={flag})"
+    if op == Op.SET_NESTED_STATE:
+        return f"SET_NESTED_STATE(guest_mode={flag})"
+    if op == Op.SET_FILTER:
+        try:
+            action = FilterAction(flag).name.lower()
+        except ValueError:
+            action = f"<flag {flag}>"
+        return f"SET_FILTER({action}, key={key:#05x})"
+    if op == Op.EMULATE:
+        return f"EMULATE(cpl={cpl}{', branch' if flag else ''})"
+    if op == Op.RUN:
+        return f"RUN(n={value}, key={key:#05x}, cpl={cpl})"
+    if op == Op.READ:
+        return f"READ(pmc={pmc})"
+    return name
+
+
+class TraceBuilder:
+    """Build a trace record by record; every method returns the builder, so calls chain.
+
+    >>> from svmpmu import TraceBuilder, eventsel, INSTRUCTIONS_RETIRED
+    >>> trace = (TraceBuilder()
+    ...          .wrmsr_evtsel(0, eventsel(INSTRUCTIONS_RETIRED, guest_only=True))
+    ...          .wrmsr_efer(1).vmentry().vmrun().run(1000).vmexit().read(0)
+    ...          .build())
+    >>> len(trace)
+    7
+    """
+
+    def __init__(self) -> None:
+        self._records: list[tuple[int, int, int, int, int, int]] = []
+
+    def _add(
+        self, op: Op, pmc: int = 0, cpl: int = 0, flag: int = 0, key: int = 0, value: int = 0
+    ) -> TraceBuilder:
+        for name, field, limit in (
+            ("pmc", pmc, 0xFF),
+            ("cpl", cpl, 0xFF),
+            ("flag", flag, 0xFF),
+            ("key", key, 0xFFFF_FFFF),
+            ("value", value, 0xFFFF_FFFF_FFFF_FFFF),
+        ):
+            if not 0 <= int(field) <= limit:
+                raise ValueError(f"{op.name}: {name} {field!r} does not fit its column")
+        self._records.append((int(op), int(pmc), int(cpl), int(flag), int(key), int(value)))
+        return self
+
+    def wrmsr_evtsel(self, pmc: int, value: int) -> TraceBuilder:
+        """The current context writes PerfEvtSel[pmc] (see :func:`~svmpmu.eventsel`)."""
+        return self._add(Op.WRMSR_EVTSEL, pmc=pmc, value=value)
+
+    def wrmsr_ctr(self, pmc: int, value: int) -> TraceBuilder:
+        """The current context writes PerfCtr[pmc] (masked to 48 bits)."""
+        return self._add(Op.WRMSR_CTR, pmc=pmc, value=value)
+
+    def wrmsr_global_ctrl(self, value: int) -> TraceBuilder:
+        """The current context writes PerfCntGlobalCtl (bit i enables PMC i)."""
+        return self._add(Op.WRMSR_GLOBAL_CTRL, value=value)
+
+    def wrmsr_efer(self, svme: bool | int) -> TraceBuilder:
+        """L1 writes EFER with SVME = ``svme`` (host mode only)."""
+        return self._add(Op.WRMSR_EFER, flag=int(svme))
+
+    def vmrun(self) -> TraceBuilder:
+        """L1 executes VMRUN and it succeeds: enter guest mode (needs SVME = 1)."""
+        return self._add(Op.VMRUN)
+
+    def vmrun_fail(self) -> TraceBuilder:
+        """L1's VMRUN fails its consistency checks: #VMEXIT(INVALID), stay in host mode."""
+        return self._add(Op.VMRUN_FAIL)
+
+    def vmexit(self) -> TraceBuilder:
+        """#VMEXIT from L2 to L1 (guest mode only)."""
+        return self._add(Op.VMEXIT)
+
+    def forced_leave(self) -> TraceBuilder:
+        """KVM leaves guest mode outside the architecture (svm_leave_nested)."""
+        return self._add(Op.FORCED_LEAVE)
+
+    def set_nested_state(self, guest_mode: bool | int) -> TraceBuilder:
+        """Userspace restores the nested state: guest mode (1) or host mode (0)."""
+        return self._add(Op.SET_NESTED_STATE, flag=int(guest_mode))
+
+    def set_filter(self, action: str, event: int | None = None) -> TraceBuilder:
+        """Userspace replaces the event filter: ``"none"``, or ``"allow"``/``"deny"`` one event key."""
+        try:
+            flag = FilterAction[action.upper()]
+        except (KeyError, AttributeError):
+            raise ValueError(
+                f"filter action must be 'none', 'allow' or 'deny', got {action!r}"
+            ) from None
+        if flag != FilterAction.NONE and event is None:
+            raise ValueError(f"a {action!r} filter needs an event key")
+        return self._add(Op.SET_FILTER, flag=int(flag), key=0 if event is None else event)
+
+    def emulate(self, cpl: int = 0, branch: bool = False) -> TraceBuilder:
+        """KVM emulates one instruction of the current context at ``cpl`` (a branch if flagged)."""
+        return self._add(Op.EMULATE, cpl=cpl, flag=int(branch))
+
+    def run(self, n: int, event: int = INSTRUCTIONS_RETIRED, cpl: int = CPL_USER) -> TraceBuilder:
+        """The vCPU runs natively: ``n`` occurrences of ``event`` at ``cpl``."""
+        return self._add(Op.RUN, cpl=cpl, key=event, value=n)
+
+    def vmentry(self) -> TraceBuilder:
+        """An explicit VM-entry: KVM services pending requests."""
+        return self._add(Op.VMENTRY)
+
+    def read(self, pmc: int) -> TraceBuilder:
+        """Observation point: the value of counter ``pmc`` goes into the result's ``reads``."""
+        return self._add(Op.READ, pmc=pmc)
+
+    def reset(self) -> TraceBuilder:
+        """vCPU reset: back to the reset state."""
+        return self._add(Op.RESET)
+
+    def extend(self, trace: Trace) -> TraceBuilder:
+        """Append every record of ``trace``."""
+        self._records.extend(trace.records())
+        return self
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def build(self) -> Trace:
+        """The trace of the records added so far."""
+        if not self._records:
+            return Trace(np.zeros(0, dtype=np.uint8))
+        op, pmc, cpl, flag, key, value = zip(*self._records)
+        return Trace(
+            np.array(op, dtype=np.uint8),
+            np.array(pmc, dtype=np.uint8),
+            np.array(cpl, dtype=np.uint8),
+            np.array(flag, dtype=np.uint8),
+            np.array(key, dtype=np.uint32),
+            np.array(value, dtype=np.uint64),
+        )
+

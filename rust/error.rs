@@ -1,0 +1,24 @@
+//! The core's one error type; the Python glue maps each variant to one exception.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoreError {
+    /// An invalid record (model.md section 4): its index and the rule it breaks.
+    Trace { index: usize, reason: String },
+    /// An unknown preset or knob value.
+    Policy(String),
+    /// Any other bad argument (column lengths, n_pmcs, offsets).
+    Value(String),
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::Trace { index, reason } => write!(f, "record {index}: {reason}"),
+            CoreError::Policy(msg) | CoreError::Value(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}

@@ -1,0 +1,761 @@
+//! The two models of the specification: the KVM model (model.md section 6) and the
+//! architectural reference `arch` (section 5), and the loops that replay traces through them.
+//!
+//! Per-PMC predicates are kept as bitmasks over the PMCs (bit i = PMC i), so that the rules
+//! of the specification become a handful of AND/OR operations per record.
+
+use crate::error::CoreError;
+use crate::model::{
+    filter, op, selector_key, ArchPolicy, KvmPolicy, Policy, Timing, BRANCHES_RETIRED,
+    COUNTER_BITS, COUNTER_MASK, EN, GUEST_ONLY, HOST_ONLY, INSTRUCTIONS_RETIRED, INT, MAX_PMCS, OS,
+    RESERVED_BITS, USR,
+};
+use crate::trace::{validate, Record, TraceRef};
+
+/// The architectural state shared by both models: selectors, counters, global control, filter
+/// and the mode (model.md section 3).
+#[derive(Clone, Debug)]
+struct Pmu {
+    all: u8,
+    svme: bool,
+    guest: bool,
+    global_ctrl: u8,
+    filter_action: u8,
+    filter_key: u32,
+    eventsel: [u64; MAX_PMCS],
+    key: [u32; MAX_PMCS],
+    // Bitmasks over PMCs derived from `eventsel` and the filter.
+    en: u8,
+    host_only: u8,
+    guest_only: u8,
+    int: u8,
+    os: u8,
+    usr: u8,
+    instr: u8,
+    branch: u8,
+    filter_ok: u8,
+    counter: [u64; MAX_PMCS],
+    overflows: [u64; MAX_PMCS],
+    pmis: [u64; MAX_PMCS],
+}
+
+impl Pmu {
+    fn new(n_pmcs: usize) -> Self {
+        let all = ((1u16 << n_pmcs) - 1) as u8;
+        Pmu {
+            all,
+            svme: false,
+            guest: false,
+            global_ctrl: all,
+            filter_action: filter::NONE,
+            filter_key: 0,
+            eventsel: [0; MAX_PMCS],
+            key: [0; MAX_PMCS],
+            en: 0,
+            host_only: 0,
+            guest_only: 0,
+            int: 0,
+            os: 0,
+            usr: 0,
+            instr: 0,
+            branch: 0,
+            filter_ok: all,
+            counter: [0; MAX_PMCS],
+            overflows: [0; MAX_PMCS],
+            pmis: [0; MAX_PMCS],
+        }
+    }
+
+    /// PMCs whose selector key is `k`.
+    #[inline(always)]
+    fn key_match(&self, k: u32) -> u8 {
+        let mut m = 0u8;
+        for i in 0..MAX_PMCS {
+            m |= ((self.key[i] == k) as u8) << i;
+        }
+        m & self.all
+    }
+
+    /// PMCs whose OS/USR bit matches `cpl`.
+    #[inline(always)]
+    fn cpl_match(&self, cpl: u8) -> u8 {
+        if cpl == 0 {
+            self.os
+        } else {
+            self.usr
+        }
+    }
+
+    fn update_filter_ok(&mut self) {
+        self.filter_ok = match self.filter_action {
+            filter::ALLOW => self.key_match(self.filter_key),
+            filter::DENY => self.all & !self.key_match(self.filter_key),
+            _ => self.all,
+        };
+    }
+
+    /// Store a (masked) selector value and refresh the masks derived from it.
+    fn set_eventsel(&mut self, i: usize, v: u64) {
+        self.eventsel[i] = v;
+        let k = selector_key(v);
+        self.key[i] = k;
+        let b = 1u8 << i;
+        let set = |mask: &mut u8, on: bool| *mask = (*mask & !b) | if on { b } else { 0 };
+        set(&mut self.en, v & EN != 0);
+        set(&mut self.host_only, v & HOST_ONLY != 0);
+        set(&mut self.guest_only, v & GUEST_ONLY != 0);
+        set(&mut self.int, v & INT != 0);
+        set(&mut self.os, v & OS != 0);
+        set(&mut self.usr, v & USR != 0);
+        set(&mut self.instr, k == INSTRUCTIONS_RETIRED);
+        set(&mut self.branch, k == BRANCHES_RETIRED);
+        self.update_filter_ok();
+    }
+
+    fn set_filter(&mut self, action: u8, k: u32) {
+        self.filter_action = action;
+        self.filter_key = k;
+        self.update_filter_ok();
+    }
+
+    /// The PMCs that count in the current mode under the H/G rule (model.md sections 5, 6).
+    #[inline(always)]
+    fn counts_in_mode(&self, svme: bool, guest: bool, svme0_ignore: bool) -> u8 {
+        let hg = self.host_only | self.guest_only;
+        let plain = self.all & !hg;
+        plain
+            | if !svme {
+                if svme0_ignore {
+                    hg
+                } else {
+                    0
+                }
+            } else if guest {
+                self.guest_only
+            } else {
+                self.host_only
+            }
+    }
+
+    /// Add `n` to every counter in `mask`, counting wraps (model.md section 5).
+    #[inline(always)]
+    fn add(&mut self, mask: u8, n: u64) {
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let (sum, carry) = self.counter[i].overflowing_add(n);
+            // 2^64 is 2^16 wraps of a 48-bit counter.
+            let wraps = (sum >> COUNTER_BITS) + ((carry as u64) << (64 - COUNTER_BITS));
+            self.counter[i] = sum & COUNTER_MASK;
+            if wraps != 0 {
+                self.overflows[i] += wraps;
+                if self.int & (1 << i) != 0 {
+                    self.pmis[i] += wraps;
+                }
+            }
+        }
+    }
+
+    /// Count one retired instruction (and a retired branch when flagged) on `allowed` PMCs.
+    #[inline(always)]
+    fn retire(&mut self, allowed: u8, cpl: u8, branch: bool) {
+        let base = allowed & self.global_ctrl & self.filter_ok & self.cpl_match(cpl);
+        self.add(base & self.instr, 1);
+        if branch {
+            self.add(base & self.branch, 1);
+        }
+    }
+
+    fn write_ctr(&mut self, i: usize, v: u64) {
+        self.counter[i] = v & COUNTER_MASK;
+    }
+
+    /// The value an ideal hypervisor programs for `sel` with enable bit `en`
+    /// (model.md section 6: `(eventsel & ~H) | G`, 0 while the selector is 0).
+    fn programmed(sel: u64, en: bool, hg_honored: bool) -> u64 {
+        if sel == 0 {
+            return 0;
+        }
+        let base = if hg_honored {
+            (sel & !HOST_ONLY) | GUEST_ONLY
+        } else {
+            sel
+        };
+        (base & !EN) | if en { EN } else { 0 }
+    }
+}
+
+/// What one step of a model observes: the model's counter state, for comparisons.
+pub trait Model {
+    /// Replay one (valid) record. READ values are pushed onto `reads`.
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>);
+    /// The mask of PMCs whose programmed `eventsel_hw` has EN set.
+    fn hw_enabled(&self) -> u8;
+    fn mode(&self) -> (bool, bool);
+    fn counters(&self) -> &[u64; MAX_PMCS];
+    fn overflows(&self) -> &[u64; MAX_PMCS];
+    fn pmis(&self) -> &[u64; MAX_PMCS];
+    fn eventsel_hw(&self) -> [u64; MAX_PMCS];
+}
+
+/// The KVM model (model.md section 6).
+#[derive(Clone, Debug)]
+pub struct Kvm {
+    p: KvmPolicy,
+    pmu: Pmu,
+    n_pmcs: usize,
+    reserved: u64,
+    /// PMCs whose programmed `eventsel_hw` has EN set.
+    hw_en: u8,
+    /// The emulation bitmap.
+    emul_ok: u8,
+    /// PMCs awaiting re-evaluation at the next VM-entry (KVM_REQ_PMU).
+    pending: u8,
+    /// PMCs whose `eventsel` changed since their last re-evaluation; `hw_base` holds the
+    /// selector value `eventsel_hw` was last computed from.
+    stale: u8,
+    hw_base: [u64; MAX_PMCS],
+}
+
+impl Kvm {
+    pub fn new(p: KvmPolicy, n_pmcs: usize) -> Self {
+        let reserved = if p.hg_honored {
+            RESERVED_BITS & !(HOST_ONLY | GUEST_ONLY)
+        } else {
+            RESERVED_BITS
+        };
+        Kvm {
+            p,
+            pmu: Pmu::new(n_pmcs),
+            n_pmcs,
+            reserved,
+            hw_en: 0,
+            emul_ok: 0,
+            pending: 0,
+            stale: 0,
+            hw_base: [0; MAX_PMCS],
+        }
+    }
+
+    #[inline(always)]
+    fn counts_in_mode(&self) -> u8 {
+        if self.p.hg_honored {
+            self.pmu
+                .counts_in_mode(self.pmu.svme, self.pmu.guest, self.p.svme0_ignore)
+        } else {
+            self.pmu.all
+        }
+    }
+
+    /// Re-evaluate the PMCs in `set` (model.md section 6).
+    #[inline(always)]
+    fn reevaluate(&mut self, set: u8, with_filter: bool) {
+        let cim = self.counts_in_mode();
+        let f = if with_filter {
+            self.pmu.filter_ok
+        } else {
+            self.pmu.all
+        };
+        let en = self.pmu.en;
+        self.hw_en = (self.hw_en & !set) | (set & en & cim & f);
+        let mode = if self.p.emul_mode_aware {
+            cim
+        } else {
+            self.pmu.all
+        };
+        self.emul_ok = (self.emul_ok & !set) | (set & en & mode);
+        self.stale &= !set;
+    }
+
+    #[inline(always)]
+    fn vm_entry(&mut self) {
+        if self.pending != 0 {
+            self.reevaluate(self.pending, true);
+            self.pending = 0;
+        }
+    }
+
+    /// A change of (svme, guest_mode) in flow `timing`.
+    #[inline(always)]
+    fn transition(&mut self, timing: Timing) {
+        let hg = self.pmu.host_only | self.pmu.guest_only;
+        match timing {
+            Timing::Sync => self.reevaluate(hg, self.p.filter_on_sync),
+            Timing::Deferred => self.pending |= hg,
+            Timing::None => {}
+        }
+    }
+
+    #[inline(always)]
+    fn retire(&mut self, cpl: u8, branch: bool) {
+        self.pmu.retire(self.emul_ok, cpl, branch);
+    }
+
+    fn set_guest_mode(&mut self, guest: bool, timing: Timing) {
+        if self.pmu.guest != guest {
+            self.pmu.guest = guest;
+            self.transition(timing);
+        }
+    }
+}
+
+impl Model for Kvm {
+    #[inline(always)]
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) {
+        match r.op {
+            op::RUN => {
+                self.vm_entry();
+                let m = self.hw_en
+                    & self.pmu.global_ctrl
+                    & self.pmu.key_match(r.key)
+                    & self.pmu.cpl_match(r.cpl);
+                if r.value != 0 {
+                    self.pmu.add(m, r.value);
+                }
+            }
+            op::EMULATE => self.retire(r.cpl, r.flag != 0),
+            op::WRMSR_EVTSEL => {
+                let i = r.pmc as usize;
+                let v = r.value & !self.reserved;
+                let old = self.pmu.eventsel[i];
+                if v != old {
+                    let b = 1u8 << i;
+                    if self.stale & b == 0 {
+                        self.hw_base[i] = old;
+                        self.stale |= b;
+                    }
+                    self.pmu.set_eventsel(i, v);
+                    // KVM recalculates the emulation bitmap at once on a selector write.
+                    let mode = if self.p.emul_mode_aware {
+                        self.counts_in_mode()
+                    } else {
+                        self.pmu.all
+                    };
+                    self.emul_ok = (self.emul_ok & !b) | (b & self.pmu.en & mode);
+                    self.pending |= b;
+                }
+                self.retire(0, false);
+            }
+            op::WRMSR_CTR => {
+                self.pmu.write_ctr(r.pmc as usize, r.value);
+                self.retire(0, false);
+            }
+            op::WRMSR_GLOBAL_CTRL => {
+                let v = (r.value as u8) & self.pmu.all;
+                self.pending |= self.pmu.global_ctrl ^ v;
+                self.pmu.global_ctrl = v;
+                self.retire(0, false);
+            }
+            op::WRMSR_EFER => {
+                let svme = r.flag != 0;
+                if self.pmu.svme != svme {
+                    self.pmu.svme = svme;
+                    self.transition(self.p.efer);
+                }
+                self.retire(0, false);
+            }
+            op::VMRUN => {
+                if self.p.vmrun_after_entry {
+                    self.set_guest_mode(true, self.p.vmrun);
+                    self.retire(0, false);
+                } else {
+                    self.retire(0, false);
+                    self.set_guest_mode(true, self.p.vmrun);
+                }
+            }
+            op::VMRUN_FAIL => self.retire(0, false),
+            op::VMEXIT => self.set_guest_mode(false, self.p.vmexit),
+            op::FORCED_LEAVE => self.set_guest_mode(false, self.p.forced_leave),
+            op::SET_NESTED_STATE => self.set_guest_mode(r.flag != 0, self.p.set_nested_state),
+            op::SET_FILTER => {
+                self.pmu.set_filter(r.flag, r.key);
+                self.pending = self.pmu.all;
+            }
+            op::VMENTRY => self.vm_entry(),
+            op::READ => reads.push(self.pmu.counter[r.pmc as usize]),
+            _ => *self = Kvm::new(self.p, self.n_pmcs), // RESET
+        }
+    }
+
+    fn hw_enabled(&self) -> u8 {
+        self.hw_en
+    }
+    fn mode(&self) -> (bool, bool) {
+        (self.pmu.svme, self.pmu.guest)
+    }
+    fn counters(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.counter
+    }
+    fn overflows(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.overflows
+    }
+    fn pmis(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.pmis
+    }
+    fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
+        let mut out = [0; MAX_PMCS];
+        for (i, o) in out.iter_mut().enumerate().take(self.n_pmcs) {
+            let b = 1u8 << i;
+            let base = if self.stale & b != 0 {
+                self.hw_base[i]
+            } else {
+                self.pmu.eventsel[i]
+            };
+            *o = Pmu::programmed(base, self.hw_en & b != 0, self.p.hg_honored);
+        }
+        out
+    }
+}
+
+/// The architectural reference (model.md section 5).
+#[derive(Clone, Debug)]
+pub struct Arch {
+    p: ArchPolicy,
+    pmu: Pmu,
+    n_pmcs: usize,
+}
+
+impl Arch {
+    pub fn new(p: ArchPolicy, n_pmcs: usize) -> Self {
+        Arch {
+            p,
+            pmu: Pmu::new(n_pmcs),
+            n_pmcs,
+        }
+    }
+
+    /// PMCs allowed to count in mode (svme, guest): EN and the H/G rule of APM Table 13-4.
+    #[inline(always)]
+    fn allowed(&self, svme: bool, guest: bool) -> u8 {
+        self.pmu.en & self.pmu.counts_in_mode(svme, guest, false)
+    }
+
+    #[inline(always)]
+    fn retire_in(&mut self, svme: bool, guest: bool, cpl: u8, branch: bool) {
+        let allowed = self.allowed(svme, guest);
+        self.pmu.retire(allowed, cpl, branch);
+    }
+
+    #[inline(always)]
+    fn retire(&mut self, cpl: u8, branch: bool) {
+        self.retire_in(self.pmu.svme, self.pmu.guest, cpl, branch);
+    }
+}
+
+impl Model for Arch {
+    #[inline(always)]
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) {
+        match r.op {
+            op::RUN => {
+                let m = self.allowed(self.pmu.svme, self.pmu.guest)
+                    & self.pmu.global_ctrl
+                    & self.pmu.filter_ok
+                    & self.pmu.key_match(r.key)
+                    & self.pmu.cpl_match(r.cpl);
+                if r.value != 0 {
+                    self.pmu.add(m, r.value);
+                }
+            }
+            op::EMULATE => self.retire(r.cpl, r.flag != 0),
+            op::WRMSR_EVTSEL => {
+                let i = r.pmc as usize;
+                let v = r.value & !(RESERVED_BITS & !(HOST_ONLY | GUEST_ONLY));
+                if self.p.enabling_wrmsr_new {
+                    self.pmu.set_eventsel(i, v);
+                    self.retire(0, false);
+                } else {
+                    self.retire(0, false);
+                    self.pmu.set_eventsel(i, v);
+                }
+            }
+            op::WRMSR_CTR => {
+                self.pmu.write_ctr(r.pmc as usize, r.value);
+                self.retire(0, false);
+            }
+            op::WRMSR_GLOBAL_CTRL => {
+                self.pmu.global_ctrl = (r.value as u8) & self.pmu.all;
+                self.retire(0, false);
+            }
+            op::WRMSR_EFER => {
+                if self.p.efer_retire_new {
+                    self.pmu.svme = r.flag != 0;
+                    self.retire(0, false);
+                } else {
+                    self.retire(0, false);
+                    self.pmu.svme = r.flag != 0;
+                }
+            }
+            op::VMRUN => {
+                if self.p.vmrun_retire_guest {
+                    self.pmu.guest = true;
+                    self.retire(0, false);
+                } else {
+                    self.retire(0, false);
+                    self.pmu.guest = true;
+                }
+            }
+            op::VMRUN_FAIL => {
+                let guest = self.p.failed_vmrun_retire_guest;
+                self.retire_in(self.pmu.svme, guest, 0, false);
+            }
+            op::VMEXIT | op::FORCED_LEAVE => self.pmu.guest = false,
+            op::SET_NESTED_STATE => self.pmu.guest = r.flag != 0,
+            op::SET_FILTER => self.pmu.set_filter(r.flag, r.key),
+            op::VMENTRY => {}
+            op::READ => reads.push(self.pmu.counter[r.pmc as usize]),
+            _ => *self = Arch::new(self.p, self.n_pmcs), // RESET
+        }
+    }
+
+    fn hw_enabled(&self) -> u8 {
+        self.allowed(self.pmu.svme, self.pmu.guest) & self.pmu.filter_ok
+    }
+    fn mode(&self) -> (bool, bool) {
+        (self.pmu.svme, self.pmu.guest)
+    }
+    fn counters(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.counter
+    }
+    fn overflows(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.overflows
+    }
+    fn pmis(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.pmis
+    }
+    fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
+        let en = self.hw_enabled();
+        let mut out = [0; MAX_PMCS];
+        for (i, o) in out.iter_mut().enumerate().take(self.n_pmcs) {
+            *o = Pmu::programmed(self.pmu.eventsel[i], en & (1 << i) != 0, true);
+        }
+        out
+    }
+}
+
+/// Per-record observations (model.md section 8, "on request").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// Bit i: `eventsel_hw[i]`.EN after the record.
+    pub hw_enabled: Vec<u8>,
+    pub svme: Vec<bool>,
+    pub guest_mode: Vec<bool>,
+}
+
+/// What a model computed for one trace (model.md section 8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimResult {
+    pub counters: Vec<u64>,
+    pub eventsel_hw: Vec<u64>,
+    pub overflows: Vec<u64>,
+    pub pmis: Vec<u64>,
+    pub reads: Vec<u64>,
+    pub timeline: Option<Timeline>,
+}
+
+impl SimResult {
+    fn from_model<M: Model>(
+        m: &M,
+        n_pmcs: usize,
+        reads: Vec<u64>,
+        timeline: Option<Timeline>,
+    ) -> Self {
+        SimResult {
+            counters: m.counters()[..n_pmcs].to_vec(),
+            eventsel_hw: m.eventsel_hw()[..n_pmcs].to_vec(),
+            overflows: m.overflows()[..n_pmcs].to_vec(),
+            pmis: m.pmis()[..n_pmcs].to_vec(),
+            reads,
+            timeline,
+        }
+    }
+}
+
+/// Either model, chosen by the policy.
+#[derive(Clone, Debug)]
+pub enum AnyModel {
+    Kvm(Kvm),
+    Arch(Arch),
+}
+
+impl AnyModel {
+    pub fn new(policy: &Policy, n_pmcs: usize) -> Self {
+        match policy {
+            Policy::Kvm(p) => AnyModel::Kvm(Kvm::new(*p, n_pmcs)),
+            Policy::Arch(p) => AnyModel::Arch(Arch::new(*p, n_pmcs)),
+        }
+    }
+}
+
+/// The hot loop: replay every record of a validated trace.
+#[inline(never)]
+fn replay<M: Model>(m: &mut M, t: &TraceRef<'_>, reads: &mut Vec<u64>) {
+    for i in 0..t.len() {
+        m.step(t.record(i), reads);
+    }
+}
+
+fn replay_timeline<M: Model>(m: &mut M, t: &TraceRef<'_>, reads: &mut Vec<u64>) -> Timeline {
+    let n = t.len();
+    let mut tl = Timeline {
+        hw_enabled: Vec::with_capacity(n),
+        svme: Vec::with_capacity(n),
+        guest_mode: Vec::with_capacity(n),
+    };
+    for i in 0..n {
+        m.step(t.record(i), reads);
+        let (svme, guest) = m.mode();
+        tl.hw_enabled.push(m.hw_enabled());
+        tl.svme.push(svme);
+        tl.guest_mode.push(guest);
+    }
+    tl
+}
+
+fn count_reads(t: &TraceRef<'_>) -> usize {
+    t.op.iter().filter(|&&o| o == op::READ).count()
+}
+
+fn run_model<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize, timeline: bool) -> SimResult {
+    let mut reads = Vec::with_capacity(count_reads(t));
+    let tl = if timeline {
+        Some(replay_timeline(&mut m, t, &mut reads))
+    } else {
+        replay(&mut m, t, &mut reads);
+        None
+    };
+    SimResult::from_model(&m, n_pmcs, reads, tl)
+}
+
+/// Validate and replay one trace under a policy (model.md sections 4 to 8).
+pub fn simulate(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    n_pmcs: usize,
+    timeline: bool,
+) -> Result<SimResult, CoreError> {
+    validate(t, n_pmcs)?;
+    Ok(simulate_valid(t, policy, n_pmcs, timeline))
+}
+
+/// Replay a trace already validated for `n_pmcs`.
+pub fn simulate_valid(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    n_pmcs: usize,
+    timeline: bool,
+) -> SimResult {
+    match AnyModel::new(policy, n_pmcs) {
+        AnyModel::Kvm(m) => run_model(m, t, n_pmcs, timeline),
+        AnyModel::Arch(m) => run_model(m, t, n_pmcs, timeline),
+    }
+}
+
+/// A policy and a reference replayed side by side (model.md section 8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    pub diverges: bool,
+    /// The first record after which the counters, overflow or PMI counts differ.
+    pub first_divergence: Option<usize>,
+    pub policy: SimResult,
+    pub reference: SimResult,
+}
+
+#[inline(always)]
+fn same_counts<A: Model, B: Model>(a: &A, b: &B) -> bool {
+    a.counters() == b.counters() && a.overflows() == b.overflows() && a.pmis() == b.pmis()
+}
+
+/// Ops after which a model's counters may have changed.
+const COUNTING_OPS: u16 = 1 << op::WRMSR_EVTSEL
+    | 1 << op::WRMSR_CTR
+    | 1 << op::WRMSR_GLOBAL_CTRL
+    | 1 << op::WRMSR_EFER
+    | 1 << op::VMRUN
+    | 1 << op::VMRUN_FAIL
+    | 1 << op::EMULATE
+    | 1 << op::RUN
+    | 1 << op::RESET;
+
+/// Replay a validated trace through two models in lockstep; the first record after which their
+/// counts differ, and the READ values of each.
+#[inline(never)]
+fn lockstep<A: Model, B: Model>(
+    a: &mut A,
+    b: &mut B,
+    t: &TraceRef<'_>,
+    reads_a: &mut Vec<u64>,
+    reads_b: &mut Vec<u64>,
+) -> Option<usize> {
+    let mut first = None;
+    let n = t.len();
+    let mut i = 0;
+    while i < n {
+        let r = t.record(i);
+        a.step(r, reads_a);
+        b.step(r, reads_b);
+        if (COUNTING_OPS >> (r.op & 15)) & 1 != 0 && !same_counts(a, b) {
+            first = Some(i);
+            i += 1;
+            break;
+        }
+        i += 1;
+    }
+    while i < n {
+        let r = t.record(i);
+        a.step(r, reads_a);
+        b.step(r, reads_b);
+        i += 1;
+    }
+    first
+}
+
+fn compare_models<A: Model, B: Model>(
+    mut a: A,
+    mut b: B,
+    t: &TraceRef<'_>,
+    n_pmcs: usize,
+) -> Comparison {
+    let cap = count_reads(t);
+    let (mut ra, mut rb) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
+    let first = lockstep(&mut a, &mut b, t, &mut ra, &mut rb);
+    let policy = SimResult::from_model(&a, n_pmcs, ra, None);
+    let reference = SimResult::from_model(&b, n_pmcs, rb, None);
+    let diverges = policy.reads != reference.reads
+        || policy.counters != reference.counters
+        || policy.overflows != reference.overflows
+        || policy.pmis != reference.pmis;
+    Comparison {
+        diverges,
+        first_divergence: if diverges { first } else { None },
+        policy,
+        reference,
+    }
+}
+
+/// Validate a trace and compare `policy` with `reference` on it.
+pub fn compare(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    reference: &Policy,
+    n_pmcs: usize,
+) -> Result<Comparison, CoreError> {
+    validate(t, n_pmcs)?;
+    Ok(compare_valid(t, policy, reference, n_pmcs))
+}
+
+/// [`compare`] for a trace already validated for `n_pmcs`.
+pub fn compare_valid(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    reference: &Policy,
+    n_pmcs: usize,
+) -> Comparison {
+    use AnyModel as M;
+    match (M::new(policy, n_pmcs), M::new(reference, n_pmcs)) {
+        (M::Kvm(a), M::Kvm(b)) => compare_models(a, b, t, n_pmcs),
+        (M::Kvm(a), M::Arch(b)) => compare_models(a, b, t, n_pmcs),
+        (M::Arch(a), M::Kvm(b)) => compare_models(a, b, t, n_pmcs),
+        (M::Arch(a), M::Arch(b)) => compare_models(a, b, t, n_pmcs),
+    }
+}

@@ -1,0 +1,379 @@
+//! Traces as borrowed columns, and their validation (model.md section 4, docs/semantics.md).
+
+use crate::error::CoreError;
+use crate::model::{op, KEY_LIMIT, MAX_PMCS};
+
+/// One trace: six borrowed columns of equal length (16 bytes a record).
+#[derive(Clone, Copy, Debug)]
+pub struct TraceRef<'a> {
+    pub op: &'a [u8],
+    pub pmc: &'a [u8],
+    pub cpl: &'a [u8],
+    pub flag: &'a [u8],
+    pub key: &'a [u32],
+    pub value: &'a [u64],
+}
+
+/// One trace's columns, owned (the generator's and the shrinker's output).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceBuf {
+    pub op: Vec<u8>,
+    pub pmc: Vec<u8>,
+    pub cpl: Vec<u8>,
+    pub flag: Vec<u8>,
+    pub key: Vec<u32>,
+    pub value: Vec<u64>,
+}
+
+/// One record, unpacked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub op: u8,
+    pub pmc: u8,
+    pub cpl: u8,
+    pub flag: u8,
+    pub key: u32,
+    pub value: u64,
+}
+
+impl<'a> TraceRef<'a> {
+    /// Borrow six columns, checking that their lengths agree.
+    pub fn new(
+        op: &'a [u8],
+        pmc: &'a [u8],
+        cpl: &'a [u8],
+        flag: &'a [u8],
+        key: &'a [u32],
+        value: &'a [u64],
+    ) -> Result<Self, CoreError> {
+        let n = op.len();
+        for (name, len) in [
+            ("pmc", pmc.len()),
+            ("cpl", cpl.len()),
+            ("flag", flag.len()),
+            ("key", key.len()),
+            ("value", value.len()),
+        ] {
+            if len != n {
+                return Err(CoreError::Value(format!(
+                    "column {name:?} has {len} records, but \"op\" has {n}"
+                )));
+            }
+        }
+        Ok(TraceRef {
+            op,
+            pmc,
+            cpl,
+            flag,
+            key,
+            value,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.op.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.op.is_empty()
+    }
+
+    /// Records `range` of this trace, as a trace.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TraceRef<'a> {
+        TraceRef {
+            op: &self.op[range.clone()],
+            pmc: &self.pmc[range.clone()],
+            cpl: &self.cpl[range.clone()],
+            flag: &self.flag[range.clone()],
+            key: &self.key[range.clone()],
+            value: &self.value[range],
+        }
+    }
+
+    #[inline(always)]
+    pub fn record(&self, i: usize) -> Record {
+        Record {
+            op: self.op[i],
+            pmc: self.pmc[i],
+            cpl: self.cpl[i],
+            flag: self.flag[i],
+            key: self.key[i],
+            value: self.value[i],
+        }
+    }
+}
+
+impl TraceBuf {
+    pub fn with_capacity(n: usize) -> Self {
+        TraceBuf {
+            op: Vec::with_capacity(n),
+            pmc: Vec::with_capacity(n),
+            cpl: Vec::with_capacity(n),
+            flag: Vec::with_capacity(n),
+            key: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, r: Record) {
+        self.op.push(r.op);
+        self.pmc.push(r.pmc);
+        self.cpl.push(r.cpl);
+        self.flag.push(r.flag);
+        self.key.push(r.key);
+        self.value.push(r.value);
+    }
+
+    pub fn len(&self) -> usize {
+        self.op.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.op.is_empty()
+    }
+
+    pub fn as_ref(&self) -> TraceRef<'_> {
+        TraceRef {
+            op: &self.op,
+            pmc: &self.pmc,
+            cpl: &self.cpl,
+            flag: &self.flag,
+            key: &self.key,
+            value: &self.value,
+        }
+    }
+
+    pub fn from_records(records: &[Record]) -> Self {
+        let mut buf = TraceBuf::with_capacity(records.len());
+        for &r in records {
+            buf.push(r);
+        }
+        buf
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        let t = self.as_ref();
+        (0..t.len()).map(|i| t.record(i)).collect()
+    }
+}
+
+// The mode state as two bits: bit 0 svme, bit 1 guest_mode. (svme 0, guest 1) never occurs.
+const S00: u8 = 0;
+const S10: u8 = 1;
+const S11: u8 = 3;
+
+/// Per-op validation data, so that validating a record is a few table lookups and no
+/// data-dependent branch: `NEXT[op][flag & 1][state]` is the state after the record and
+/// `LEGAL` the same shape, true where the mode rules allow the record.
+struct OpRules {
+    uses_pmc: bool,
+    uses_cpl: bool,
+    uses_key: bool,
+    flag_max: u8,
+}
+
+const fn rules(uses_pmc: bool, uses_cpl: bool, uses_key: bool, flag_max: u8) -> OpRules {
+    OpRules {
+        uses_pmc,
+        uses_cpl,
+        uses_key,
+        flag_max,
+    }
+}
+
+const ANY: u8 = u8::MAX;
+
+const RULES: [OpRules; 16] = [
+    rules(true, false, false, ANY),  // WRMSR_EVTSEL
+    rules(true, false, false, ANY),  // WRMSR_CTR
+    rules(false, false, false, ANY), // WRMSR_GLOBAL_CTRL
+    rules(false, false, false, 1),   // WRMSR_EFER
+    rules(false, false, false, ANY), // VMRUN
+    rules(false, false, false, ANY), // VMRUN_FAIL
+    rules(false, false, false, ANY), // VMEXIT
+    rules(false, false, false, ANY), // FORCED_LEAVE
+    rules(false, false, false, 1),   // SET_NESTED_STATE
+    rules(false, false, true, 2),    // SET_FILTER
+    rules(false, true, false, 1),    // EMULATE
+    rules(false, true, true, ANY),   // RUN
+    rules(false, false, false, ANY), // VMENTRY
+    rules(true, false, false, ANY),  // READ
+    rules(false, false, false, ANY), // RESET
+    rules(false, false, false, ANY), // (unknown)
+];
+
+/// Next state by [op][flag & 1][state]; states are indexed 0..4 (index 2 is unreachable).
+const NEXT: [[[u8; 4]; 2]; 16] = {
+    let mut t = [[[0u8; 4]; 2]; 16];
+    let mut o = 0;
+    while o < 16 {
+        let mut f = 0;
+        while f < 2 {
+            let mut s = 0;
+            while s < 4 {
+                let svme = (s as u8) & 1;
+                t[o][f][s] = match o as u8 {
+                    op::WRMSR_EFER => f as u8, // host mode only: (flag, host)
+                    op::VMRUN => S11,
+                    op::VMEXIT | op::FORCED_LEAVE => svme,
+                    op::SET_NESTED_STATE => svme | (f as u8) << 1,
+                    op::RESET => S00,
+                    _ => s as u8,
+                };
+                s += 1;
+            }
+            f += 1;
+        }
+        o += 1;
+    }
+    t
+};
+
+/// Mode legality by [op][flag & 1][state], and the reason when illegal.
+const fn mode_error(o: u8, flag: u8, state: u8) -> Option<&'static str> {
+    let guest = state & 2 != 0;
+    let svme = state & 1 != 0;
+    match o {
+        op::WRMSR_EFER if guest => {
+            Some("WRMSR_EFER in guest mode (EFER is L1's, written in host mode)")
+        }
+        op::VMRUN if guest => Some("VMRUN in guest mode"),
+        op::VMRUN_FAIL if guest => Some("VMRUN_FAIL in guest mode"),
+        op::VMRUN if !svme => Some("VMRUN with EFER.SVME = 0"),
+        op::VMEXIT if !guest => Some("VMEXIT in host mode"),
+        op::SET_NESTED_STATE if flag == 1 && !svme => {
+            Some("SET_NESTED_STATE entering guest mode with EFER.SVME = 0")
+        }
+        _ => None,
+    }
+}
+
+const LEGAL: [[[bool; 4]; 2]; 16] = {
+    let mut t = [[[false; 4]; 2]; 16];
+    let mut o = 0;
+    while o < 16 {
+        let mut f = 0;
+        while f < 2 {
+            let mut s = 0;
+            while s < 4 {
+                t[o][f][s] = mode_error(o as u8, f as u8, s as u8).is_none();
+                s += 1;
+            }
+            f += 1;
+        }
+        o += 1;
+    }
+    t
+};
+
+/// Whether record `r` is valid in mode state `state`, table-driven and branch-free.
+#[inline(always)]
+fn record_ok(r: Record, state: u8, n_pmcs: u8) -> bool {
+    let o = (r.op & 15) as usize;
+    let rule = &RULES[o];
+    let f = (r.flag & 1) as usize;
+    let bad = (r.op as usize >= op::COUNT)
+        | (rule.uses_pmc & (r.pmc >= n_pmcs))
+        | (rule.uses_cpl & (r.cpl > 3))
+        | (r.flag > rule.flag_max)
+        | (rule.uses_key & (r.key >= KEY_LIMIT))
+        | !LEGAL[o][f][state as usize];
+    !bad
+}
+
+/// The reason record `r` is invalid in `state`, in the order docs/semantics.md gives.
+fn reason(r: Record, state: u8, n_pmcs: u8) -> String {
+    if r.op as usize >= op::COUNT {
+        return format!("unknown op {}", r.op);
+    }
+    let name = op::NAMES[r.op as usize];
+    let rule = &RULES[r.op as usize];
+    if rule.uses_pmc && r.pmc >= n_pmcs {
+        return format!("{name}: pmc {} is out of range (n_pmcs = {n_pmcs})", r.pmc);
+    }
+    if rule.uses_cpl && r.cpl > 3 {
+        return format!("{name}: cpl {} is out of range (0..3)", r.cpl);
+    }
+    if r.flag > rule.flag_max {
+        return format!(
+            "{name}: flag {} is out of range (0..{})",
+            r.flag, rule.flag_max
+        );
+    }
+    if rule.uses_key && r.key >= KEY_LIMIT {
+        return format!("{name}: event key {:#x} is wider than 20 bits", r.key);
+    }
+    match mode_error(r.op, r.flag & 1, state) {
+        Some(msg) => msg.to_string(),
+        None => unreachable_reason(),
+    }
+}
+
+#[cold]
+fn unreachable_reason() -> String {
+    "invalid record".to_string()
+}
+
+/// Validate a whole trace (model.md section 4). Returns the first invalid record's index and
+/// the rule it breaks. Table-driven, so that the cost does not depend on the op sequence.
+pub fn validate(t: &TraceRef<'_>, n_pmcs: usize) -> Result<(), CoreError> {
+    check_n_pmcs(n_pmcs)?;
+    let n = n_pmcs as u8;
+    let mut state = S00;
+    // Chunks: accumulate a "bad" flag over a block without branching, then locate it.
+    const BLOCK: usize = 256;
+    let len = t.len();
+    let mut start = 0;
+    while start < len {
+        let end = (start + BLOCK).min(len);
+        let entry_state = state;
+        let mut all_ok = true;
+        for i in start..end {
+            let r = t.record(i);
+            all_ok &= record_ok(r, state, n);
+            state = NEXT[(r.op & 15) as usize][(r.flag & 1) as usize][state as usize];
+        }
+        if !all_ok {
+            let mut s = entry_state;
+            for i in start..end {
+                let r = t.record(i);
+                if !record_ok(r, s, n) {
+                    return Err(CoreError::Trace {
+                        index: i,
+                        reason: reason(r, s, n),
+                    });
+                }
+                s = NEXT[(r.op & 15) as usize][(r.flag & 1) as usize][s as usize];
+            }
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+pub fn check_n_pmcs(n_pmcs: usize) -> Result<(), CoreError> {
+    if (1..=MAX_PMCS).contains(&n_pmcs) {
+        Ok(())
+    } else {
+        Err(CoreError::Value(format!(
+            "n_pmcs must be 1..{MAX_PMCS}, got {n_pmcs}"
+        )))
+    }
+}
+
+/// The mode state after each valid record is known without a policy; used by the generator
+/// and the shrinker to keep traces valid.
+#[inline]
+pub fn next_state(r: Record, state: u8) -> u8 {
+    NEXT[(r.op & 15) as usize][(r.flag & 1) as usize][state as usize]
+}
+
+/// Whether `r` is valid in `state` (for the generator and the shrinker).
+#[inline]
+pub fn is_valid(r: Record, state: u8, n_pmcs: usize) -> bool {
+    record_ok(r, state, n_pmcs as u8)
+}
+
+pub const STATE_RESET: u8 = S00;
+pub const STATE_HOST_SVME: u8 = S10;
+pub const STATE_GUEST: u8 = S11;
