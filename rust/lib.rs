@@ -3,6 +3,7 @@
 //! errors to the Python exceptions of `svmpmu.errors`.
 
 pub mod error;
+pub mod gen;
 pub mod model;
 pub mod sim;
 pub mod trace;
@@ -15,9 +16,10 @@ mod python {
     use pyo3::types::PyTuple;
 
     use crate::error::CoreError;
+    use crate::gen::{Generator, Mix};
     use crate::model::{Policy, KNOBS};
     use crate::sim::{self, SimResult};
-    use crate::trace::{self, TraceRef};
+    use crate::trace::{self, TraceBuf, TraceRef};
 
     /// One place where core errors become Python exceptions.
     fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
@@ -173,10 +175,45 @@ mod python {
             .map_err(|e| to_py(py, e))
     }
 
+    /// generate(n_traces, length, seed, n_pmcs) -> (columns..., offsets)
+    #[pyfunction]
+    fn generate<'py>(
+        py: Python<'py>,
+        n_traces: usize,
+        length: usize,
+        seed: u64,
+        n_pmcs: usize,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let total = n_traces
+            .checked_mul(length)
+            .ok_or_else(|| PyValueError::new_err("n_traces * length overflows"))?;
+        let g = Generator::new(Mix::default(), n_pmcs).map_err(|e| to_py(py, e))?;
+        let buf = py.detach(|| {
+            let mut buf = TraceBuf::with_capacity(total);
+            for i in 0..n_traces {
+                g.trace_into(&mut buf, seed, i as u64, length);
+            }
+            buf
+        });
+        let offsets: Vec<u64> = (0..=n_traces).map(|i| (i * length) as u64).collect();
+        PyTuple::new(
+            py,
+            [
+                arr(py, buf.op).into_any(),
+                arr(py, buf.pmc).into_any(),
+                arr(py, buf.cpl).into_any(),
+                arr(py, buf.flag).into_any(),
+                arr(py, buf.key).into_any(),
+                arr(py, buf.value).into_any(),
+                arr(py, offsets).into_any(),
+            ],
+        )
+    }
+
     #[pymodule(gil_used = false)]
     mod _core {
         #[pymodule_export]
-        use super::{compare, simulate, validate};
+        use super::{compare, generate, simulate, validate};
 
         #[pymodule_init]
         fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -79,11 +79,8 @@ impl Pmu {
     /// PMCs whose OS/USR bit matches `cpl`.
     #[inline(always)]
     fn cpl_match(&self, cpl: u8) -> u8 {
-        if cpl == 0 {
-            self.os
-        } else {
-            self.usr
-        }
+        let kernel = ((cpl == 0) as u8).wrapping_neg();
+        (self.os & kernel) | (self.usr & !kernel)
     }
 
     fn update_filter_ok(&mut self) {
@@ -123,21 +120,16 @@ impl Pmu {
     fn counts_in_mode(&self, svme: bool, guest: bool, svme0_ignore: bool) -> u8 {
         let hg = self.host_only | self.guest_only;
         let plain = self.all & !hg;
+        let svme = (svme as u8).wrapping_neg();
+        let guest = (guest as u8).wrapping_neg();
+        let ignore = (svme0_ignore as u8).wrapping_neg();
         plain
-            | if !svme {
-                if svme0_ignore {
-                    hg
-                } else {
-                    0
-                }
-            } else if guest {
-                self.guest_only
-            } else {
-                self.host_only
-            }
+            | (!svme & ignore & hg)
+            | (svme & ((guest & self.guest_only) | (!guest & self.host_only)))
     }
 
-    /// Add `n` to every counter in `mask`, counting wraps (model.md section 5).
+    /// Add `n` to every counter in `mask`, counting wraps (model.md section 5). Branch-free
+    /// over all PMC slots: on random traces, data-dependent branches here mispredict.
     #[inline(always)]
     fn add(&mut self, mask: u8, n: u64) {
         let mut m = mask;
@@ -161,10 +153,9 @@ impl Pmu {
     #[inline(always)]
     fn retire(&mut self, allowed: u8, cpl: u8, branch: bool) {
         let base = allowed & self.global_ctrl & self.filter_ok & self.cpl_match(cpl);
-        self.add(base & self.instr, 1);
-        if branch {
-            self.add(base & self.branch, 1);
-        }
+        // instructions and branches retired are different keys: one add covers both.
+        let branch_mask = self.branch & (branch as u8).wrapping_neg();
+        self.add(base & (self.instr | branch_mask), 1);
     }
 
     fn write_ctr(&mut self, i: usize, v: u64) {
@@ -216,6 +207,28 @@ pub struct Kvm {
     /// selector value `eventsel_hw` was last computed from.
     stale: u8,
     hw_base: [u64; MAX_PMCS],
+    /// Per flow, the (sync, deferred) masks its timing knob selects: all PMCs or none.
+    flows: [(u8, u8); 5],
+    /// 0xFF when `emul_ok` ignores the mode (`emul_mode_aware = false`), else 0.
+    emul_any_mode: u8,
+}
+
+/// The flows a transition belongs to (model.md section 6), indexing `Kvm::flows`.
+#[derive(Clone, Copy, Debug)]
+enum Flow {
+    Efer,
+    Vmrun,
+    Vmexit,
+    ForcedLeave,
+    SetNestedState,
+}
+
+fn flow_masks(t: Timing) -> (u8, u8) {
+    match t {
+        Timing::Sync => (0xFF, 0),
+        Timing::Deferred => (0, 0xFF),
+        Timing::None => (0, 0),
+    }
 }
 
 impl Kvm {
@@ -235,56 +248,51 @@ impl Kvm {
             pending: 0,
             stale: 0,
             hw_base: [0; MAX_PMCS],
+            emul_any_mode: if p.emul_mode_aware { 0 } else { 0xFF },
+            flows: [
+                p.efer,
+                p.vmrun,
+                p.vmexit,
+                p.forced_leave,
+                p.set_nested_state,
+            ]
+            .map(flow_masks),
         }
     }
 
     #[inline(always)]
     fn counts_in_mode(&self) -> u8 {
-        if self.p.hg_honored {
-            self.pmu
-                .counts_in_mode(self.pmu.svme, self.pmu.guest, self.p.svme0_ignore)
-        } else {
-            self.pmu.all
-        }
+        // With H/G reserved the selectors never hold H/G bits, so the rule counts everything.
+        self.pmu
+            .counts_in_mode(self.pmu.svme, self.pmu.guest, self.p.svme0_ignore)
     }
 
     /// Re-evaluate the PMCs in `set` (model.md section 6).
     #[inline(always)]
     fn reevaluate(&mut self, set: u8, with_filter: bool) {
         let cim = self.counts_in_mode();
-        let f = if with_filter {
-            self.pmu.filter_ok
-        } else {
-            self.pmu.all
-        };
+        let f = self.pmu.filter_ok | !(with_filter as u8).wrapping_neg();
         let en = self.pmu.en;
         self.hw_en = (self.hw_en & !set) | (set & en & cim & f);
-        let mode = if self.p.emul_mode_aware {
-            cim
-        } else {
-            self.pmu.all
-        };
+        let mode = cim | self.emul_any_mode;
         self.emul_ok = (self.emul_ok & !set) | (set & en & mode);
         self.stale &= !set;
     }
 
     #[inline(always)]
     fn vm_entry(&mut self) {
-        if self.pending != 0 {
-            self.reevaluate(self.pending, true);
-            self.pending = 0;
-        }
+        // Re-evaluating an empty set changes nothing: no branch needed.
+        self.reevaluate(self.pending, true);
+        self.pending = 0;
     }
 
     /// A change of (svme, guest_mode) in flow `timing`.
     #[inline(always)]
-    fn transition(&mut self, timing: Timing) {
-        let hg = self.pmu.host_only | self.pmu.guest_only;
-        match timing {
-            Timing::Sync => self.reevaluate(hg, self.p.filter_on_sync),
-            Timing::Deferred => self.pending |= hg,
-            Timing::None => {}
-        }
+    fn transition(&mut self, flow: Flow, changed: bool) {
+        let hg = (self.pmu.host_only | self.pmu.guest_only) & (changed as u8).wrapping_neg();
+        let (sync, deferred) = self.flows[flow as usize];
+        self.reevaluate(hg & sync, self.p.filter_on_sync);
+        self.pending |= hg & deferred;
     }
 
     #[inline(always)]
@@ -292,11 +300,11 @@ impl Kvm {
         self.pmu.retire(self.emul_ok, cpl, branch);
     }
 
-    fn set_guest_mode(&mut self, guest: bool, timing: Timing) {
-        if self.pmu.guest != guest {
-            self.pmu.guest = guest;
-            self.transition(timing);
-        }
+    #[inline(always)]
+    fn set_guest_mode(&mut self, guest: bool, flow: Flow) {
+        let changed = self.pmu.guest != guest;
+        self.pmu.guest = guest;
+        self.transition(flow, changed);
     }
 }
 
@@ -310,31 +318,27 @@ impl Model for Kvm {
                     & self.pmu.global_ctrl
                     & self.pmu.key_match(r.key)
                     & self.pmu.cpl_match(r.cpl);
-                if r.value != 0 {
-                    self.pmu.add(m, r.value);
-                }
+                self.pmu.add(m, r.value);
             }
             op::EMULATE => self.retire(r.cpl, r.flag != 0),
             op::WRMSR_EVTSEL => {
                 let i = r.pmc as usize;
                 let v = r.value & !self.reserved;
                 let old = self.pmu.eventsel[i];
-                if v != old {
-                    let b = 1u8 << i;
-                    if self.stale & b == 0 {
-                        self.hw_base[i] = old;
-                        self.stale |= b;
-                    }
-                    self.pmu.set_eventsel(i, v);
-                    // KVM recalculates the emulation bitmap at once on a selector write.
-                    let mode = if self.p.emul_mode_aware {
-                        self.counts_in_mode()
-                    } else {
-                        self.pmu.all
-                    };
-                    self.emul_ok = (self.emul_ok & !b) | (b & self.pmu.en & mode);
-                    self.pending |= b;
+                // KVM acts only on a change; written without branches (a same-value write
+                // then recomputes what it already holds).
+                let b = (1u8 << i) & ((v != old) as u8).wrapping_neg();
+                // While PMC i is not stale its programmed base equals `old`, so saving it is
+                // right whether or not the value changes.
+                if self.stale & (1 << i) == 0 {
+                    self.hw_base[i] = old;
                 }
+                self.stale |= b;
+                self.pmu.set_eventsel(i, v);
+                // KVM recalculates the emulation bitmap at once on a selector write.
+                let mode = self.counts_in_mode() | self.emul_any_mode;
+                self.emul_ok = (self.emul_ok & !b) | (b & self.pmu.en & mode);
+                self.pending |= b;
                 self.retire(0, false);
             }
             op::WRMSR_CTR => {
@@ -349,25 +353,24 @@ impl Model for Kvm {
             }
             op::WRMSR_EFER => {
                 let svme = r.flag != 0;
-                if self.pmu.svme != svme {
-                    self.pmu.svme = svme;
-                    self.transition(self.p.efer);
-                }
+                let changed = self.pmu.svme != svme;
+                self.pmu.svme = svme;
+                self.transition(Flow::Efer, changed);
                 self.retire(0, false);
             }
             op::VMRUN => {
                 if self.p.vmrun_after_entry {
-                    self.set_guest_mode(true, self.p.vmrun);
+                    self.set_guest_mode(true, Flow::Vmrun);
                     self.retire(0, false);
                 } else {
                     self.retire(0, false);
-                    self.set_guest_mode(true, self.p.vmrun);
+                    self.set_guest_mode(true, Flow::Vmrun);
                 }
             }
             op::VMRUN_FAIL => self.retire(0, false),
-            op::VMEXIT => self.set_guest_mode(false, self.p.vmexit),
-            op::FORCED_LEAVE => self.set_guest_mode(false, self.p.forced_leave),
-            op::SET_NESTED_STATE => self.set_guest_mode(r.flag != 0, self.p.set_nested_state),
+            op::VMEXIT => self.set_guest_mode(false, Flow::Vmexit),
+            op::FORCED_LEAVE => self.set_guest_mode(false, Flow::ForcedLeave),
+            op::SET_NESTED_STATE => self.set_guest_mode(r.flag != 0, Flow::SetNestedState),
             op::SET_FILTER => {
                 self.pmu.set_filter(r.flag, r.key);
                 self.pending = self.pmu.all;
@@ -453,9 +456,7 @@ impl Model for Arch {
                     & self.pmu.filter_ok
                     & self.pmu.key_match(r.key)
                     & self.pmu.cpl_match(r.cpl);
-                if r.value != 0 {
-                    self.pmu.add(m, r.value);
-                }
+                self.pmu.add(m, r.value);
             }
             op::EMULATE => self.retire(r.cpl, r.flag != 0),
             op::WRMSR_EVTSEL => {
@@ -757,5 +758,145 @@ pub fn compare_valid(
         (M::Kvm(a), M::Arch(b)) => compare_models(a, b, t, n_pmcs),
         (M::Arch(a), M::Kvm(b)) => compare_models(a, b, t, n_pmcs),
         (M::Arch(a), M::Arch(b)) => compare_models(a, b, t, n_pmcs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::{Generator, Mix};
+    use crate::trace::TraceBuf;
+
+    fn rec(op: u8) -> Record {
+        Record {
+            op,
+            ..Record::default()
+        }
+    }
+
+    /// The worked example of model.md section 9.
+    fn seed_example() -> TraceBuf {
+        let sel = (INSTRUCTIONS_RETIRED as u64) | OS | USR | EN | GUEST_ONLY;
+        TraceBuf::from_records(&[
+            Record {
+                op: op::WRMSR_EVTSEL,
+                value: sel,
+                ..Record::default()
+            },
+            Record {
+                op: op::WRMSR_EFER,
+                flag: 1,
+                ..Record::default()
+            },
+            rec(op::VMENTRY),
+            rec(op::VMRUN),
+            Record {
+                op: op::RUN,
+                cpl: 3,
+                key: INSTRUCTIONS_RETIRED,
+                value: 1000,
+                ..Record::default()
+            },
+            rec(op::VMEXIT),
+            rec(op::READ),
+        ])
+    }
+
+    fn reads(preset: Policy) -> Vec<u64> {
+        simulate(&seed_example().as_ref(), &preset, 6, false)
+            .unwrap()
+            .reads
+    }
+
+    #[test]
+    fn worked_example() {
+        assert_eq!(reads(Policy::preset("arch").unwrap()), [1001]);
+        assert_eq!(reads(Policy::preset("final").unwrap()), [1001]);
+        assert_eq!(reads(Policy::preset("v4").unwrap()), [1003]);
+        let before = Policy::Kvm(KvmPolicy {
+            vmrun_after_entry: false,
+            ..KvmPolicy::FINAL
+        });
+        assert_eq!(reads(before), [1000]);
+    }
+
+    #[test]
+    fn compare_locates_the_vmrun() {
+        let t = seed_example();
+        let c = compare(
+            &t.as_ref(),
+            &Policy::preset("final").unwrap(),
+            &Policy::preset("v4").unwrap(),
+            6,
+        )
+        .unwrap();
+        assert!(c.diverges);
+        assert_eq!(c.first_divergence, Some(0));
+    }
+
+    #[test]
+    fn wrap_counts_overflows_and_pmis() {
+        let sel = (INSTRUCTIONS_RETIRED as u64) | OS | USR | EN | INT;
+        let t = TraceBuf::from_records(&[
+            Record {
+                op: op::WRMSR_EVTSEL,
+                value: sel,
+                ..Record::default()
+            },
+            Record {
+                op: op::WRMSR_CTR,
+                value: COUNTER_MASK - 1,
+                ..Record::default()
+            },
+            Record {
+                op: op::RUN,
+                cpl: 3,
+                key: INSTRUCTIONS_RETIRED,
+                value: u64::MAX,
+                ..Record::default()
+            },
+        ]);
+        for p in ["arch", "final", "legacy"] {
+            let r = simulate(&t.as_ref(), &Policy::preset(p).unwrap(), 1, false).unwrap();
+            // counter = 2^48 - 1 (the WRMSR_CTR counts itself: 2^48 - 2 + 1); adding 2^64 - 1
+            // gives 2^64 + 2^48 - 2 = 2^16 * 2^48 + (2^48 - 2): 2^16 wraps.
+            assert_eq!(r.counters, [COUNTER_MASK - 1], "{p}");
+            assert_eq!(r.overflows, [1 << 16], "{p}");
+            assert_eq!(r.pmis, [1 << 16], "{p}");
+        }
+    }
+
+    #[test]
+    fn invalid_records_are_reported_with_their_index() {
+        let t = TraceBuf::from_records(&[rec(op::VMENTRY), rec(op::VMEXIT)]);
+        let e = simulate(&t.as_ref(), &Policy::preset("final").unwrap(), 6, false).unwrap_err();
+        assert_eq!(
+            e,
+            CoreError::Trace {
+                index: 1,
+                reason: "VMEXIT in host mode".into()
+            }
+        );
+    }
+
+    #[test]
+    fn generated_traces_are_valid_and_deterministic() {
+        let g = Generator::new(Mix::default(), 6).unwrap();
+        for i in 0..200 {
+            let t = g.trace(7, i, 300);
+            crate::trace::validate(&t.as_ref(), 6).unwrap();
+            assert_eq!(t, g.trace(7, i, 300));
+        }
+        assert_ne!(g.trace(7, 0, 300), g.trace(8, 0, 300));
+    }
+
+    #[test]
+    fn arch_against_itself_never_diverges() {
+        let g = Generator::new(Mix::default(), 6).unwrap();
+        let arch = Policy::preset("arch").unwrap();
+        for i in 0..200 {
+            let t = g.trace(3, i, 200);
+            assert!(!compare(&t.as_ref(), &arch, &arch, 6).unwrap().diverges);
+        }
     }
 }

@@ -14,8 +14,9 @@ specification leaves open are in ``docs/semantics.md``. Quick start::
     svmpmu.compare(trace, "v4").diverges       # True
 """
 
-from ._api import compare, simulate, validate
+from ._api import compare, generate, simulate, validate
 from ._core import __version__
+from .batch import TraceBatch
 from .errors import PolicyError, TraceError
 from .model import (
     BRANCHES_RETIRED,
@@ -55,11 +56,13 @@ __all__ = [
     "PolicyError",
     "Result",
     "Trace",
+    "TraceBatch",
     "TraceBuilder",
     "TraceError",
     "__version__",
     "compare",
     "event_key",
+    "generate",
     "eventsel",
     "selector_key",
     "simulate",

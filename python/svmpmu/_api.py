@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from . import _core
+from .batch import TraceBatch
 from .model import MAX_PMCS
 from .policy import PolicyLike, resolve_policy
 from .result import Comparison, Result
 from .trace import Trace
 
-__all__ = ["compare", "simulate", "validate"]
+__all__ = ["compare", "generate", "simulate", "validate"]
 
 
 def _columns(trace: Trace) -> tuple:
@@ -66,5 +67,21 @@ def compare(
 
 
 def validate(trace: Trace, *, n_pmcs: int = 6) -> None:
-    """Check every record rule of model.md section 4; raise :class:`TraceError` on the first break."""
+    """Check every record rule of model.md section 4.
+
+    Raises :class:`TraceError` for the first invalid record.
+    """
     _core.validate(_columns(trace), _n_pmcs(n_pmcs))
+
+
+def generate(n_traces: int, length: int, *, seed: int, n_pmcs: int = 6) -> TraceBatch:
+    """``n_traces`` random valid traces of ``length`` records each, from the Rust generator.
+
+    The same seed gives the same batch on every machine and for every thread count.
+    """
+    if n_traces < 0 or length < 0:
+        raise ValueError("n_traces and length must not be negative")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError("seed must be an integer in 0..2**64-1")
+    *columns, offsets = _core.generate(n_traces, length, seed, _n_pmcs(n_pmcs))
+    return TraceBatch(offsets, *columns)

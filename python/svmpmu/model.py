@@ -38,7 +38,7 @@ GUEST_ONLY = 1 << 40
 HOST_ONLY = 1 << 41
 """PerfEvtSel bit 41 (H): count only in host mode (when EFER.SVME = 1)."""
 RESERVED_BITS = 0xFFFF_FFF0_0028_0000
-"""Selector bits a guest write drops (bits 19, 21, 36..63); bits 40/41 are kept when H/G is honoured."""
+"""Selector bits a guest write drops (19, 21, 36..63); 40/41 are kept when H/G is honoured."""
 
 COUNTER_BITS = 48
 """Width of a counter: counters wrap modulo 2**48."""

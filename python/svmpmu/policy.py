@@ -37,7 +37,8 @@ class Policy:
     """One configuration of the model: a KVM policy (``model="kvm"``) or the reference.
 
     The defaults are the ``final`` preset (the code merged in 2026). Override knobs with
-    :func:`dataclasses.replace`, e.g. ``replace(Policy.preset("final"), vmrun_order="before_entry")``.
+    :func:`dataclasses.replace`, e.g.
+    ``replace(Policy.preset("final"), vmrun_order="before_entry")``.
     With ``model="arch"`` only the reference knobs (``enabling_wrmsr``, ``efer_retire``,
     ``vmrun_retire``, ``failed_vmrun_retire``) matter; with ``model="kvm"`` they are ignored.
     """
@@ -45,7 +46,7 @@ class Policy:
     model: str = "kvm"
     """``"kvm"``: the KVM model of model.md section 6; ``"arch"``: the reference of section 5."""
     svme0: str = "off"
-    """With EFER.SVME = 0 and any H/G bit: ``"off"`` (no counting) or ``"ignore"`` (bits ignored)."""
+    """With EFER.SVME = 0 and any H/G bit: ``"off"`` (no counting) or ``"ignore"`` the bits."""
     hg: str = "honored"
     """``"honored"`` (bits 40/41 writable, mediated PMU) or ``"reserved"`` (dropped on write)."""
     emul_mode_aware: bool = True
@@ -67,7 +68,7 @@ class Policy:
     enabling_wrmsr: str = "old"
     """Reference: a WRMSR to a selector is attributed to the ``"old"`` or ``"new"`` selector."""
     efer_retire: str = "new"
-    """Reference: a WRMSR(EFER) is attributed to the state after (``"new"``) or before (``"old"``)."""
+    """Reference: a WRMSR(EFER) counts in the state after (``"new"``) or before (``"old"``) it."""
     vmrun_retire: str = "guest"
     """Reference: a successful VMRUN counts as a ``"guest"`` or a ``"host"`` instruction."""
     failed_vmrun_retire: str = "host"
@@ -89,9 +90,7 @@ class Policy:
         try:
             return PRESETS[name]
         except (KeyError, TypeError):
-            raise PolicyError(
-                f"unknown preset {name!r}; presets: " + ", ".join(PRESETS)
-            ) from None
+            raise PolicyError(f"unknown preset {name!r}; presets: " + ", ".join(PRESETS)) from None
 
     @property
     def preset_name(self) -> str | None:

@@ -50,9 +50,7 @@ def _column(name: str, data: Any, length: int | None) -> np.ndarray:
         array = array.astype(dtype)
     array = np.ascontiguousarray(array)
     if length is not None and len(array) != length:
-        raise ValueError(
-            f"column {name!r} has {len(array)} records, but 'op' has {length}"
-        )
+        raise ValueError(f"column {name!r} has {len(array)} records, but 'op' has {length}")
     return array
 
 
@@ -68,7 +66,7 @@ class Trace:
     a result. A trace is not validated until it is simulated.
     """
 
-    __slots__ = ("op", "pmc", "cpl", "flag", "key", "value")
+    __slots__ = ("cpl", "flag", "key", "op", "pmc", "value")
 
     def __init__(
         self,
@@ -110,7 +108,7 @@ class Trace:
         return {name: getattr(self, name) for name in COLUMNS}
 
     def save(self, path: Any) -> None:
-        """Write the trace to a ``.npz`` file (one array a column); read it back with :meth:`load`."""
+        """Write the trace to a ``.npz`` file (one array a column); :meth:`load` reads it."""
         np.savez(path, **self.columns())
 
     @classmethod
@@ -256,7 +254,7 @@ class TraceBuilder:
         return self._add(Op.SET_NESTED_STATE, flag=int(guest_mode))
 
     def set_filter(self, action: str, event: int | None = None) -> TraceBuilder:
-        """Userspace replaces the event filter: ``"none"``, or ``"allow"``/``"deny"`` one event key."""
+        """Userspace replaces the event filter: ``"none"``, or ``"allow"``/``"deny"`` one event."""
         try:
             flag = FilterAction[action.upper()]
         except (KeyError, AttributeError):
@@ -308,4 +306,3 @@ class TraceBuilder:
             np.array(key, dtype=np.uint32),
             np.array(value, dtype=np.uint64),
         )
-

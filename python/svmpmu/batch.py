@@ -1,0 +1,115 @@
+"""Batches of traces: the record columns of many traces concatenated, with offsets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .trace import COLUMNS, Trace
+
+__all__ = ["TraceBatch"]
+
+
+class TraceBatch:
+    """Many traces in one set of columns (Arrow-style): trace ``i`` is records
+    ``offsets[i]:offsets[i + 1]`` of the columns.
+
+    ``offsets`` is a uint64 array of ``len(batch) + 1`` non-decreasing entries, the first 0 and
+    the last the number of records. The columns follow :data:`~svmpmu.COLUMNS`; arrays that are
+    already contiguous and of the right dtype are used without a copy.
+    """
+
+    __slots__ = ("columns_trace", "offsets")
+
+    def __init__(
+        self,
+        offsets: Any,
+        op: Any,
+        pmc: Any = None,
+        cpl: Any = None,
+        flag: Any = None,
+        key: Any = None,
+        value: Any = None,
+    ) -> None:
+        trace = Trace(op, pmc, cpl, flag, key, value)
+        off = np.asarray(offsets)
+        if off.ndim != 1 or len(off) < 1:
+            raise ValueError("offsets must be a 1-D array of at least one entry")
+        if off.dtype != np.uint64:
+            if off.dtype.kind not in "iu":
+                raise TypeError(f"offsets must hold integers, got dtype {off.dtype}")
+            if off.dtype.kind == "i" and int(off.min()) < 0:
+                raise ValueError("offsets must not be negative")
+            off = off.astype(np.uint64)
+        off = np.ascontiguousarray(off)
+        if int(off[0]) != 0 or int(off[-1]) != len(trace):
+            raise ValueError(
+                f"offsets must start at 0 and end at the number of records ({len(trace)}), "
+                f"got {int(off[0])} and {int(off[-1])}"
+            )
+        if len(off) > 1 and bool(np.any(off[1:] < off[:-1])):
+            raise ValueError("offsets must not decrease")
+        view = off.view()
+        view.flags.writeable = False
+        object.__setattr__(self, "columns_trace", trace)
+        object.__setattr__(self, "offsets", view)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a TraceBatch is immutable")
+
+    @classmethod
+    def from_traces(cls, traces: Sequence[Trace]) -> TraceBatch:
+        """Concatenate traces into a batch (this copies their records once)."""
+        traces = list(traces)
+        for t in traces:
+            if not isinstance(t, Trace):
+                raise TypeError(f"expected svmpmu.Trace items, got {type(t).__name__}")
+        lengths = np.array([len(t) for t in traces], dtype=np.uint64)
+        offsets = np.zeros(len(traces) + 1, dtype=np.uint64)
+        np.cumsum(lengths, out=offsets[1:])
+        columns = {
+            name: np.concatenate([getattr(t, name) for t in traces])
+            if traces
+            else np.zeros(0, dtype=dtype)
+            for name, dtype in COLUMNS.items()
+        }
+        return cls(offsets, **columns)
+
+    @property
+    def records(self) -> Trace:
+        """All records of the batch as one (concatenated) trace of column views."""
+        return self.columns_trace
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_records(self) -> int:
+        """The number of records in all traces together."""
+        return len(self.columns_trace)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the columns and the offsets."""
+        return self.columns_trace.nbytes + self.offsets.nbytes
+
+    def trace(self, index: int) -> Trace:
+        """Trace ``index`` (column views, no copy)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"trace index {index} out of range for a batch of {n}")
+        index %= n
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        return self.columns_trace[start:end]
+
+    def __iter__(self) -> Iterator[Trace]:
+        return (self.trace(i) for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"<TraceBatch of {len(self)} traces, {self.n_records} records>"
+
+    def _core_args(self) -> tuple:
+        t = self.columns_trace
+        return (t.op, t.pmc, t.cpl, t.flag, t.key, t.value), self.offsets
