@@ -142,9 +142,9 @@ impl Default for Mix {
 pub const OTHER_EVENT: u32 = 0x076;
 
 impl Mix {
-    pub fn check(&self) -> Result<(), CoreError> {
-        let bad = |what: &str| Err(CoreError::Value(format!("mix: {what}")));
-        let pm = [
+    /// The per-mille fields by name, in a fixed order (for the Python glue).
+    pub fn permille_fields(&self) -> [(&'static str, u32); 9] {
+        [
             ("enable", self.enable),
             ("interrupt", self.interrupt),
             ("zero_selector", self.zero_selector),
@@ -154,8 +154,26 @@ impl Mix {
             ("ctr_near_wrap", self.ctr_near_wrap),
             ("run_huge", self.run_huge),
             ("global_all", self.global_all),
-        ];
-        for (name, v) in pm {
+        ]
+    }
+
+    pub fn permille_fields_mut(&mut self) -> [(&'static str, &mut u32); 9] {
+        [
+            ("enable", &mut self.enable),
+            ("interrupt", &mut self.interrupt),
+            ("zero_selector", &mut self.zero_selector),
+            ("reserved_junk", &mut self.reserved_junk),
+            ("kernel", &mut self.kernel),
+            ("branch", &mut self.branch),
+            ("ctr_near_wrap", &mut self.ctr_near_wrap),
+            ("run_huge", &mut self.run_huge),
+            ("global_all", &mut self.global_all),
+        ]
+    }
+
+    pub fn check(&self) -> Result<(), CoreError> {
+        let bad = |what: &str| Err(CoreError::Value(format!("mix: {what}")));
+        for (name, v) in self.permille_fields() {
             if v > 1000 {
                 return bad(&format!("{name} is a per-mille value (0..1000), got {v}"));
             }
@@ -174,6 +192,9 @@ impl Mix {
             op::READ,
             op::RESET,
         ];
+        if self.ops.iter().map(|&w| w as u64).sum::<u64>() > u32::MAX as u64 {
+            return bad("op weights must add up to less than 2^32");
+        }
         if always.iter().all(|&o| self.ops[o as usize] == 0) {
             return bad("at least one op valid in every mode needs a non-zero weight");
         }
@@ -359,5 +380,34 @@ impl Generator {
         let mut buf = TraceBuf::with_capacity(length);
         self.trace_into(&mut buf, seed, index, length);
         buf
+    }
+}
+
+impl Generator {
+    /// Traces `0..n_traces` of the batch seeded by `seed`, concatenated (in parallel on the
+    /// current rayon pool; the same for any thread count).
+    pub fn batch(&self, seed: u64, n_traces: usize, length: usize) -> Result<TraceBuf, CoreError> {
+        use rayon::prelude::*;
+        let total = n_traces
+            .checked_mul(length)
+            .ok_or_else(|| CoreError::Value("n_traces * length is too large".into()))?;
+        const PER_TASK: usize = 1 << 16;
+        let per = (PER_TASK / length.max(1)).max(1);
+        let parts: Vec<TraceBuf> = (0..n_traces.div_ceil(per))
+            .into_par_iter()
+            .map(|c| {
+                let (s, e) = (c * per, ((c + 1) * per).min(n_traces));
+                let mut buf = TraceBuf::with_capacity((e - s) * length);
+                for i in s..e {
+                    self.trace_into(&mut buf, seed, i as u64, length);
+                }
+                buf
+            })
+            .collect();
+        let mut out = TraceBuf::with_capacity(total);
+        for p in parts {
+            out.extend(&p);
+        }
+        Ok(out)
     }
 }

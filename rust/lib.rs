@@ -2,7 +2,9 @@
 //! the thin PyO3 glue: it borrows numpy columns, releases the GIL, runs the core and maps its
 //! errors to the Python exceptions of `svmpmu.errors`.
 
+pub mod batch;
 pub mod error;
+pub mod fuzz;
 pub mod gen;
 pub mod model;
 pub mod sim;
@@ -10,13 +12,16 @@ pub mod trace;
 
 #[cfg(feature = "python")]
 mod python {
-    use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+    use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
-    use pyo3::types::PyTuple;
+    use pyo3::types::{PyDict, PyList, PyTuple};
 
+    use crate::batch;
     use crate::error::CoreError;
+    use crate::fuzz::{self, FuzzSpec, Signature};
     use crate::gen::{Generator, Mix};
+    use crate::model::op;
     use crate::model::{Policy, KNOBS};
     use crate::sim::{self, SimResult};
     use crate::trace::{self, TraceBuf, TraceRef};
@@ -175,27 +180,79 @@ mod python {
             .map_err(|e| to_py(py, e))
     }
 
-    /// generate(n_traces, length, seed, n_pmcs) -> (columns..., offsets)
+    /// Run `f` on a rayon pool of `threads` threads (the global pool, which honours
+    /// RAYON_NUM_THREADS, when None).
+    fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+        match threads {
+            None => Ok(f()),
+            Some(0) => Err(PyValueError::new_err("threads must be at least 1")),
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map(|pool| pool.install(f))
+                .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}"))),
+        }
+    }
+
+    /// The generator's default mix, as a dict of field name to value.
     #[pyfunction]
-    fn generate<'py>(
-        py: Python<'py>,
-        n_traces: usize,
-        length: usize,
-        seed: u64,
+    fn default_mix(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+        let m = Mix::default();
+        let d = PyDict::new(py);
+        let ops = PyDict::new(py);
+        for (name, w) in op::NAMES.iter().zip(m.ops) {
+            ops.set_item(*name, w)?;
+        }
+        d.set_item("ops", ops)?;
+        d.set_item("hg", m.hg.to_vec())?;
+        d.set_item("events", m.events.to_vec())?;
+        d.set_item("cpl_bits", m.cpl_bits.to_vec())?;
+        d.set_item("filter", m.filter.to_vec())?;
+        for (name, v) in m.permille_fields() {
+            d.set_item(name, v)?;
+        }
+        d.set_item("run_max", m.run_max)?;
+        Ok(d)
+    }
+
+    fn weights<const N: usize>(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<[u32; N]> {
+        let v: Vec<u32> = obj.getattr(name)?.extract()?;
+        v.try_into().map_err(|v: Vec<u32>| {
+            PyValueError::new_err(format!("mix: {name} needs {N} weights, got {}", v.len()))
+        })
+    }
+
+    /// Read a `svmpmu.Mix` into the core's mix.
+    fn mix_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Mix> {
+        let mut m = Mix::default();
+        let ops = obj.getattr("ops")?;
+        for (i, name) in op::NAMES.iter().enumerate() {
+            m.ops[i] = ops.get_item(*name)?.extract()?;
+        }
+        m.hg = weights(obj, "hg")?;
+        m.events = weights(obj, "events")?;
+        m.cpl_bits = weights(obj, "cpl_bits")?;
+        m.filter = weights(obj, "filter")?;
+        for (name, slot) in m.permille_fields_mut() {
+            *slot = obj.getattr(name)?.extract()?;
+        }
+        m.run_max = obj.getattr("run_max")?.extract()?;
+        Ok(m)
+    }
+
+    fn generator(
+        py: Python<'_>,
+        mix: Option<&Bound<'_, PyAny>>,
         n_pmcs: usize,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        let total = n_traces
-            .checked_mul(length)
-            .ok_or_else(|| PyValueError::new_err("n_traces * length overflows"))?;
-        let g = Generator::new(Mix::default(), n_pmcs).map_err(|e| to_py(py, e))?;
-        let buf = py.detach(|| {
-            let mut buf = TraceBuf::with_capacity(total);
-            for i in 0..n_traces {
-                g.trace_into(&mut buf, seed, i as u64, length);
-            }
-            buf
-        });
-        let offsets: Vec<u64> = (0..=n_traces).map(|i| (i * length) as u64).collect();
+    ) -> PyResult<Generator> {
+        let mix = match mix {
+            Some(m) => mix_from_py(m)?,
+            None => Mix::default(),
+        };
+        Generator::new(mix, n_pmcs).map_err(|e| to_py(py, e))
+    }
+
+    fn columns_tuple<'py>(py: Python<'py>, buf: TraceBuf) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(
             py,
             [
@@ -205,15 +262,183 @@ mod python {
                 arr(py, buf.flag).into_any(),
                 arr(py, buf.key).into_any(),
                 arr(py, buf.value).into_any(),
+            ],
+        )
+    }
+
+    /// generate(n_traces, length, seed, n_pmcs, mix, threads) -> (columns, offsets)
+    #[pyfunction]
+    #[pyo3(signature = (n_traces, length, seed, n_pmcs, mix=None, threads=None))]
+    fn generate<'py>(
+        py: Python<'py>,
+        n_traces: usize,
+        length: usize,
+        seed: u64,
+        n_pmcs: usize,
+        mix: Option<&Bound<'py, PyAny>>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let g = generator(py, mix, n_pmcs)?;
+        let buf = py
+            .detach(|| with_threads(threads, || g.batch(seed, n_traces, length)))?
+            .map_err(|e| to_py(py, e))?;
+        let offsets: Vec<u64> = (0..=n_traces as u64).map(|i| i * length as u64).collect();
+        PyTuple::new(
+            py,
+            [
+                columns_tuple(py, buf)?.into_any(),
                 arr(py, offsets).into_any(),
             ],
         )
     }
 
+    /// generate_one(seed, index, length, n_pmcs, mix) -> columns: trace `index` of a run.
+    #[pyfunction]
+    fn generate_one<'py>(
+        py: Python<'py>,
+        seed: u64,
+        index: u64,
+        length: usize,
+        n_pmcs: usize,
+        mix: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let g = generator(py, mix, n_pmcs)?;
+        let buf = py.detach(|| g.trace(seed, index, length));
+        columns_tuple(py, buf)
+    }
+
+    /// simulate_batch(columns, offsets, policy, n_pmcs, threads)
+    ///   -> (counters, eventsel_hw, overflows, pmis, reads, read_offsets)
+    #[pyfunction]
+    #[pyo3(signature = (columns, offsets, policy, n_pmcs, threads=None))]
+    fn simulate_batch<'py>(
+        py: Python<'py>,
+        columns: Columns<'py>,
+        offsets: PyReadonlyArray1<'py, u64>,
+        policy: &Bound<'py, PyAny>,
+        n_pmcs: usize,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let p = policy_from_py(policy)?;
+        let t = borrow(&columns)?;
+        let off = slice(&offsets)?;
+        let out = py
+            .detach(|| with_threads(threads, || batch::simulate_batch(&t, off, &p, n_pmcs)))?
+            .map_err(|e| to_py(py, e))?;
+        let n = out.n_traces;
+        let shape = [n, n_pmcs];
+        let two_d = |v: Vec<u64>| -> PyResult<Bound<'py, PyAny>> {
+            Ok(arr(py, v).reshape(shape)?.into_any())
+        };
+        PyTuple::new(
+            py,
+            [
+                two_d(out.counters)?,
+                two_d(out.eventsel_hw)?,
+                two_d(out.overflows)?,
+                two_d(out.pmis)?,
+                arr(py, out.reads).into_any(),
+                arr(py, out.read_offsets).into_any(),
+            ],
+        )
+    }
+
+    fn sig_tuple<'py>(py: Python<'py>, s: &Signature) -> PyResult<Bound<'py, PyTuple>> {
+        (s.op, s.hg, s.before, s.after, s.policy_counts).into_pyobject(py)
+    }
+
+    fn sig_from(t: (u8, u8, u8, u8, bool)) -> Signature {
+        Signature {
+            op: t.0,
+            hg: t.1,
+            before: t.2,
+            after: t.3,
+            policy_counts: t.4,
+        }
+    }
+
+    /// fuzz_range(policy, reference, seed, length, n_pmcs, mix, start, end, threads)
+    ///   -> (traces, records, diverging, [(signature, count, first_trace)])
+    #[pyfunction]
+    #[pyo3(signature = (policy, reference, seed, length, n_pmcs, mix, start, end, threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fuzz_range<'py>(
+        py: Python<'py>,
+        policy: &Bound<'py, PyAny>,
+        reference: &Bound<'py, PyAny>,
+        seed: u64,
+        length: usize,
+        n_pmcs: usize,
+        mix: Option<&Bound<'py, PyAny>>,
+        start: u64,
+        end: u64,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let spec = FuzzSpec {
+            policy: policy_from_py(policy)?,
+            reference: policy_from_py(reference)?,
+            generator: generator(py, mix, n_pmcs)?,
+            seed,
+            length,
+        };
+        if end < start {
+            return Err(PyValueError::new_err("end < start"));
+        }
+        let tally = py.detach(|| with_threads(threads, || fuzz::fuzz_range(&spec, start, end)))?;
+        let classes = PyList::empty(py);
+        for (sig, c) in &tally.classes {
+            classes.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
+        }
+        (tally.traces, tally.records, tally.diverging, classes).into_pyobject(py)
+    }
+
+    /// signatures(columns, policy, reference, n_pmcs) -> [signature]
+    #[pyfunction]
+    fn signatures<'py>(
+        py: Python<'py>,
+        columns: Columns<'py>,
+        policy: &Bound<'py, PyAny>,
+        reference: &Bound<'py, PyAny>,
+        n_pmcs: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let p = policy_from_py(policy)?;
+        let q = policy_from_py(reference)?;
+        let t = borrow(&columns)?;
+        trace::validate(&t, n_pmcs).map_err(|e| to_py(py, e))?;
+        let sigs = py.detach(|| fuzz::signatures(&t, &p, &q, n_pmcs));
+        let out = PyList::empty(py);
+        for s in &sigs {
+            out.append(sig_tuple(py, s)?)?;
+        }
+        Ok(out)
+    }
+
+    /// shrink(columns, signature, policy, reference, n_pmcs) -> columns
+    #[pyfunction]
+    fn shrink<'py>(
+        py: Python<'py>,
+        columns: Columns<'py>,
+        signature: (u8, u8, u8, u8, bool),
+        policy: &Bound<'py, PyAny>,
+        reference: &Bound<'py, PyAny>,
+        n_pmcs: usize,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let p = policy_from_py(policy)?;
+        let q = policy_from_py(reference)?;
+        let t = borrow(&columns)?;
+        trace::validate(&t, n_pmcs).map_err(|e| to_py(py, e))?;
+        let sig = sig_from(signature);
+        let buf = py.detach(|| fuzz::shrink(&t, sig, &p, &q, n_pmcs));
+        columns_tuple(py, buf)
+    }
+
     #[pymodule(gil_used = false)]
     mod _core {
         #[pymodule_export]
-        use super::{compare, generate, simulate, validate};
+        use super::{
+            compare, default_mix, fuzz_range, generate, generate_one, shrink, signatures, simulate,
+            simulate_batch, validate,
+        };
 
         #[pymodule_init]
         fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -151,11 +151,13 @@ impl Pmu {
 
     /// Count one retired instruction (and a retired branch when flagged) on `allowed` PMCs.
     #[inline(always)]
-    fn retire(&mut self, allowed: u8, cpl: u8, branch: bool) {
+    fn retire(&mut self, allowed: u8, cpl: u8, branch: bool) -> u8 {
         let base = allowed & self.global_ctrl & self.filter_ok & self.cpl_match(cpl);
         // instructions and branches retired are different keys: one add covers both.
         let branch_mask = self.branch & (branch as u8).wrapping_neg();
-        self.add(base & (self.instr | branch_mask), 1);
+        let m = base & (self.instr | branch_mask);
+        self.add(m, 1);
+        m
     }
 
     fn write_ctr(&mut self, i: usize, v: u64) {
@@ -179,8 +181,12 @@ impl Pmu {
 
 /// What one step of a model observes: the model's counter state, for comparisons.
 pub trait Model {
-    /// Replay one (valid) record. READ values are pushed onto `reads`.
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>);
+    /// Replay one (valid) record. READ values are pushed onto `reads`. Returns the PMCs the
+    /// record counted on (each by 1 for a retired instruction, by `n` for a RUN): a record
+    /// adds to counters in no other way, so two models' counts part exactly where these differ.
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8;
+    /// The guest-visible selectors.
+    fn eventsel(&self) -> &[u64; MAX_PMCS];
     /// The mask of PMCs whose programmed `eventsel_hw` has EN set.
     fn hw_enabled(&self) -> u8;
     fn mode(&self) -> (bool, bool);
@@ -296,8 +302,8 @@ impl Kvm {
     }
 
     #[inline(always)]
-    fn retire(&mut self, cpl: u8, branch: bool) {
-        self.pmu.retire(self.emul_ok, cpl, branch);
+    fn retire(&mut self, cpl: u8, branch: bool) -> u8 {
+        self.pmu.retire(self.emul_ok, cpl, branch)
     }
 
     #[inline(always)]
@@ -310,15 +316,17 @@ impl Kvm {
 
 impl Model for Kvm {
     #[inline(always)]
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>) {
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
         match r.op {
             op::RUN => {
                 self.vm_entry();
                 let m = self.hw_en
                     & self.pmu.global_ctrl
                     & self.pmu.key_match(r.key)
-                    & self.pmu.cpl_match(r.cpl);
+                    & self.pmu.cpl_match(r.cpl)
+                    & ((r.value != 0) as u8).wrapping_neg();
                 self.pmu.add(m, r.value);
+                m
             }
             op::EMULATE => self.retire(r.cpl, r.flag != 0),
             op::WRMSR_EVTSEL => {
@@ -339,46 +347,70 @@ impl Model for Kvm {
                 let mode = self.counts_in_mode() | self.emul_any_mode;
                 self.emul_ok = (self.emul_ok & !b) | (b & self.pmu.en & mode);
                 self.pending |= b;
-                self.retire(0, false);
+                self.retire(0, false)
             }
             op::WRMSR_CTR => {
                 self.pmu.write_ctr(r.pmc as usize, r.value);
-                self.retire(0, false);
+                self.retire(0, false)
             }
             op::WRMSR_GLOBAL_CTRL => {
                 let v = (r.value as u8) & self.pmu.all;
                 self.pending |= self.pmu.global_ctrl ^ v;
                 self.pmu.global_ctrl = v;
-                self.retire(0, false);
+                self.retire(0, false)
             }
             op::WRMSR_EFER => {
                 let svme = r.flag != 0;
                 let changed = self.pmu.svme != svme;
                 self.pmu.svme = svme;
                 self.transition(Flow::Efer, changed);
-                self.retire(0, false);
+                self.retire(0, false)
             }
             op::VMRUN => {
                 if self.p.vmrun_after_entry {
                     self.set_guest_mode(true, Flow::Vmrun);
-                    self.retire(0, false);
+                    self.retire(0, false)
                 } else {
-                    self.retire(0, false);
+                    let m = self.retire(0, false);
                     self.set_guest_mode(true, Flow::Vmrun);
+                    m
                 }
             }
             op::VMRUN_FAIL => self.retire(0, false),
-            op::VMEXIT => self.set_guest_mode(false, Flow::Vmexit),
-            op::FORCED_LEAVE => self.set_guest_mode(false, Flow::ForcedLeave),
-            op::SET_NESTED_STATE => self.set_guest_mode(r.flag != 0, Flow::SetNestedState),
+            op::VMEXIT => {
+                self.set_guest_mode(false, Flow::Vmexit);
+                0
+            }
+            op::FORCED_LEAVE => {
+                self.set_guest_mode(false, Flow::ForcedLeave);
+                0
+            }
+            op::SET_NESTED_STATE => {
+                self.set_guest_mode(r.flag != 0, Flow::SetNestedState);
+                0
+            }
             op::SET_FILTER => {
                 self.pmu.set_filter(r.flag, r.key);
                 self.pending = self.pmu.all;
+                0
             }
-            op::VMENTRY => self.vm_entry(),
-            op::READ => reads.push(self.pmu.counter[r.pmc as usize]),
-            _ => *self = Kvm::new(self.p, self.n_pmcs), // RESET
+            op::VMENTRY => {
+                self.vm_entry();
+                0
+            }
+            op::READ => {
+                reads.push(self.pmu.counter[r.pmc as usize]);
+                0
+            }
+            _ => {
+                *self = Kvm::new(self.p, self.n_pmcs); // RESET
+                0
+            }
         }
+    }
+
+    fn eventsel(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.eventsel
     }
 
     fn hw_enabled(&self) -> u8 {
@@ -435,28 +467,30 @@ impl Arch {
     }
 
     #[inline(always)]
-    fn retire_in(&mut self, svme: bool, guest: bool, cpl: u8, branch: bool) {
+    fn retire_in(&mut self, svme: bool, guest: bool, cpl: u8, branch: bool) -> u8 {
         let allowed = self.allowed(svme, guest);
-        self.pmu.retire(allowed, cpl, branch);
+        self.pmu.retire(allowed, cpl, branch)
     }
 
     #[inline(always)]
-    fn retire(&mut self, cpl: u8, branch: bool) {
-        self.retire_in(self.pmu.svme, self.pmu.guest, cpl, branch);
+    fn retire(&mut self, cpl: u8, branch: bool) -> u8 {
+        self.retire_in(self.pmu.svme, self.pmu.guest, cpl, branch)
     }
 }
 
 impl Model for Arch {
     #[inline(always)]
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>) {
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
         match r.op {
             op::RUN => {
                 let m = self.allowed(self.pmu.svme, self.pmu.guest)
                     & self.pmu.global_ctrl
                     & self.pmu.filter_ok
                     & self.pmu.key_match(r.key)
-                    & self.pmu.cpl_match(r.cpl);
+                    & self.pmu.cpl_match(r.cpl)
+                    & ((r.value != 0) as u8).wrapping_neg();
                 self.pmu.add(m, r.value);
+                m
             }
             op::EMULATE => self.retire(r.cpl, r.flag != 0),
             op::WRMSR_EVTSEL => {
@@ -464,49 +498,71 @@ impl Model for Arch {
                 let v = r.value & !(RESERVED_BITS & !(HOST_ONLY | GUEST_ONLY));
                 if self.p.enabling_wrmsr_new {
                     self.pmu.set_eventsel(i, v);
-                    self.retire(0, false);
+                    self.retire(0, false)
                 } else {
-                    self.retire(0, false);
+                    let m = self.retire(0, false);
                     self.pmu.set_eventsel(i, v);
+                    m
                 }
             }
             op::WRMSR_CTR => {
                 self.pmu.write_ctr(r.pmc as usize, r.value);
-                self.retire(0, false);
+                self.retire(0, false)
             }
             op::WRMSR_GLOBAL_CTRL => {
                 self.pmu.global_ctrl = (r.value as u8) & self.pmu.all;
-                self.retire(0, false);
+                self.retire(0, false)
             }
             op::WRMSR_EFER => {
                 if self.p.efer_retire_new {
                     self.pmu.svme = r.flag != 0;
-                    self.retire(0, false);
+                    self.retire(0, false)
                 } else {
-                    self.retire(0, false);
+                    let m = self.retire(0, false);
                     self.pmu.svme = r.flag != 0;
+                    m
                 }
             }
             op::VMRUN => {
                 if self.p.vmrun_retire_guest {
                     self.pmu.guest = true;
-                    self.retire(0, false);
+                    self.retire(0, false)
                 } else {
-                    self.retire(0, false);
+                    let m = self.retire(0, false);
                     self.pmu.guest = true;
+                    m
                 }
             }
             op::VMRUN_FAIL => {
                 let guest = self.p.failed_vmrun_retire_guest;
-                self.retire_in(self.pmu.svme, guest, 0, false);
+                self.retire_in(self.pmu.svme, guest, 0, false)
             }
-            op::VMEXIT | op::FORCED_LEAVE => self.pmu.guest = false,
-            op::SET_NESTED_STATE => self.pmu.guest = r.flag != 0,
-            op::SET_FILTER => self.pmu.set_filter(r.flag, r.key),
-            op::VMENTRY => {}
-            op::READ => reads.push(self.pmu.counter[r.pmc as usize]),
-            _ => *self = Arch::new(self.p, self.n_pmcs), // RESET
+            op::VMEXIT | op::FORCED_LEAVE => {
+                self.pmu.guest = false;
+                0
+            }
+            op::SET_NESTED_STATE => {
+                self.pmu.guest = r.flag != 0;
+                0
+            }
+            op::SET_FILTER => {
+                self.pmu.set_filter(r.flag, r.key);
+                0
+            }
+            op::VMENTRY => 0,
+            op::READ => {
+                reads.push(self.pmu.counter[r.pmc as usize]);
+                0
+            }
+            _ => {
+                *self = Arch::new(self.p, self.n_pmcs); // RESET
+                0
+            }
         }
+    }
+
+    fn eventsel(&self) -> &[u64; MAX_PMCS] {
+        &self.pmu.eventsel
     }
 
     fn hw_enabled(&self) -> u8 {
@@ -662,24 +718,9 @@ pub struct Comparison {
     pub reference: SimResult,
 }
 
-#[inline(always)]
-fn same_counts<A: Model, B: Model>(a: &A, b: &B) -> bool {
-    a.counters() == b.counters() && a.overflows() == b.overflows() && a.pmis() == b.pmis()
-}
-
-/// Ops after which a model's counters may have changed.
-const COUNTING_OPS: u16 = 1 << op::WRMSR_EVTSEL
-    | 1 << op::WRMSR_CTR
-    | 1 << op::WRMSR_GLOBAL_CTRL
-    | 1 << op::WRMSR_EFER
-    | 1 << op::VMRUN
-    | 1 << op::VMRUN_FAIL
-    | 1 << op::EMULATE
-    | 1 << op::RUN
-    | 1 << op::RESET;
-
-/// Replay a validated trace through two models in lockstep; the first record after which their
-/// counts differ, and the READ values of each.
+/// Replay a validated trace through two models in lockstep; the first record whose counts
+/// differ (model.md section 8: the first record after which the counters differ), and the
+/// READ values of each.
 #[inline(never)]
 fn lockstep<A: Model, B: Model>(
     a: &mut A,
@@ -689,24 +730,12 @@ fn lockstep<A: Model, B: Model>(
     reads_b: &mut Vec<u64>,
 ) -> Option<usize> {
     let mut first = None;
-    let n = t.len();
-    let mut i = 0;
-    while i < n {
+    for i in 0..t.len() {
         let r = t.record(i);
-        a.step(r, reads_a);
-        b.step(r, reads_b);
-        if (COUNTING_OPS >> (r.op & 15)) & 1 != 0 && !same_counts(a, b) {
+        let differ = a.step(r, reads_a) != b.step(r, reads_b);
+        if differ && first.is_none() {
             first = Some(i);
-            i += 1;
-            break;
         }
-        i += 1;
-    }
-    while i < n {
-        let r = t.record(i);
-        a.step(r, reads_a);
-        b.step(r, reads_b);
-        i += 1;
     }
     first
 }

@@ -132,6 +132,24 @@ impl TraceBuf {
         self.op.is_empty()
     }
 
+    pub fn extend(&mut self, other: &TraceBuf) {
+        self.op.extend_from_slice(&other.op);
+        self.pmc.extend_from_slice(&other.pmc);
+        self.cpl.extend_from_slice(&other.cpl);
+        self.flag.extend_from_slice(&other.flag);
+        self.key.extend_from_slice(&other.key);
+        self.value.extend_from_slice(&other.value);
+    }
+
+    pub fn clear(&mut self) {
+        self.op.clear();
+        self.pmc.clear();
+        self.cpl.clear();
+        self.flag.clear();
+        self.key.clear();
+        self.value.clear();
+    }
+
     pub fn as_ref(&self) -> TraceRef<'_> {
         TraceRef {
             op: &self.op,

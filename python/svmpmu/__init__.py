@@ -14,10 +14,12 @@ specification leaves open are in ``docs/semantics.md``. Quick start::
     svmpmu.compare(trace, "v4").diverges       # True
 """
 
-from ._api import compare, generate, simulate, validate
+from ._api import BatchResult, compare, generate, simulate, simulate_batch, validate
 from ._core import __version__
 from .batch import TraceBatch
 from .errors import PolicyError, TraceError
+from .fuzz import DivergenceClass, FuzzReport, Signature, fuzz
+from .mix import Mix
 from .model import (
     BRANCHES_RETIRED,
     EN,
@@ -49,12 +51,17 @@ __all__ = [
     "OS",
     "PRESETS",
     "USR",
+    "BatchResult",
     "Comparison",
+    "DivergenceClass",
+    "FuzzReport",
     "FilterAction",
+    "Mix",
     "Op",
     "Policy",
     "PolicyError",
     "Result",
+    "Signature",
     "Trace",
     "TraceBatch",
     "TraceBuilder",
@@ -62,9 +69,11 @@ __all__ = [
     "__version__",
     "compare",
     "event_key",
+    "fuzz",
     "generate",
     "eventsel",
     "selector_key",
     "simulate",
+    "simulate_batch",
     "validate",
 ]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from . import _core
 from .batch import TraceBatch
+from .mix import Mix
 from .model import MAX_PMCS
 from .policy import PolicyLike, resolve_policy
 from .result import Comparison, Result
 from .trace import Trace
 
-__all__ = ["compare", "generate", "simulate", "validate"]
+__all__ = ["BatchResult", "compare", "generate", "simulate", "simulate_batch", "validate"]
 
 
 def _columns(trace: Trace) -> tuple:
@@ -74,14 +79,73 @@ def validate(trace: Trace, *, n_pmcs: int = 6) -> None:
     _core.validate(_columns(trace), _n_pmcs(n_pmcs))
 
 
-def generate(n_traces: int, length: int, *, seed: int, n_pmcs: int = 6) -> TraceBatch:
+def generate(
+    n_traces: int,
+    length: int,
+    *,
+    seed: int,
+    mix: Mix | None = None,
+    n_pmcs: int = 6,
+    threads: int | None = None,
+) -> TraceBatch:
     """``n_traces`` random valid traces of ``length`` records each, from the Rust generator.
 
-    The same seed gives the same batch on every machine and for every thread count.
+    Trace ``i`` depends only on ``seed``, ``i``, ``length``, ``n_pmcs`` and ``mix`` (see
+    :class:`Mix`), so a seed gives the same batch on every machine and for every thread count.
     """
     if n_traces < 0 or length < 0:
         raise ValueError("n_traces and length must not be negative")
     if not 0 <= seed < 1 << 64:
         raise ValueError("seed must be an integer in 0..2**64-1")
-    *columns, offsets = _core.generate(n_traces, length, seed, _n_pmcs(n_pmcs))
+    columns, offsets = _core.generate(
+        n_traces, length, seed, _n_pmcs(n_pmcs), mix if mix is not None else Mix(), threads
+    )
     return TraceBatch(offsets, *columns)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchResult:
+    """Per-trace results of :func:`simulate_batch`: ``counters``, ``eventsel_hw``,
+    ``overflows`` and ``pmis`` are uint64 arrays of shape (traces, PMCs); the READ values of
+    trace ``t`` are ``reads[read_offsets[t]:read_offsets[t + 1]]``."""
+
+    counters: np.ndarray
+    eventsel_hw: np.ndarray
+    overflows: np.ndarray
+    pmis: np.ndarray
+    reads: np.ndarray
+    read_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.counters)
+
+    def result(self, index: int) -> Result:
+        """The :class:`Result` of trace ``index``, as :func:`simulate` would give it."""
+        start, end = int(self.read_offsets[index]), int(self.read_offsets[index + 1])
+        return Result(
+            self.counters[index],
+            self.eventsel_hw[index],
+            self.overflows[index],
+            self.pmis[index],
+            self.reads[start:end],
+        )
+
+
+def simulate_batch(
+    batch: TraceBatch,
+    policy: PolicyLike = "final",
+    *,
+    n_pmcs: int = 6,
+    threads: int | None = None,
+) -> BatchResult:
+    """Replay every trace of ``batch`` through ``policy``, spread over ``threads`` threads
+    (default: all cores, or ``RAYON_NUM_THREADS``). The same as :func:`simulate` on each trace,
+    for any thread count. An invalid trace raises :class:`TraceError` for the whole batch; its
+    ``index`` counts records from the start of the batch."""
+    if not isinstance(batch, TraceBatch):
+        raise TypeError(f"expected a svmpmu.TraceBatch, got {type(batch).__name__}")
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be at least 1")
+    resolved = resolve_policy(policy)
+    columns, offsets = batch._core_args()
+    return BatchResult(*_core.simulate_batch(columns, offsets, resolved, _n_pmcs(n_pmcs), threads))

@@ -1,0 +1,255 @@
+"""The ``svmpmu`` command line: ``svmpmu fuzz``, ``svmpmu replay``, ``svmpmu presets``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import PolicyError, TraceError
+from .fuzz import fuzz
+from .policy import KNOB_VALUES, PRESETS, Policy, resolve_policy
+
+__all__ = ["main"]
+
+
+def _knob(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KNOB=VALUE, got {text!r}")
+    if name not in KNOB_VALUES:
+        raise argparse.ArgumentTypeError(f"unknown knob {name!r}; knobs: {', '.join(KNOB_VALUES)}")
+    allowed = KNOB_VALUES[name]
+    if isinstance(allowed[0], bool):
+        if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise argparse.ArgumentTypeError(f"knob {name!r} takes true or false, got {value!r}")
+        return name, value.lower() in ("true", "yes", "1")
+    if value not in allowed:
+        raise argparse.ArgumentTypeError(
+            f"knob {name!r} cannot be {value!r}; allowed: {', '.join(map(str, allowed))}"
+        )
+    return name, value
+
+
+def _policy(preset: str, overrides: list[tuple[str, object]]) -> Policy:
+    return dataclasses.replace(resolve_policy(preset), **dict(overrides))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="svmpmu",
+        description="Replay, compare and fuzz KVM's virtualization of AMD Host-Only/Guest-Only "
+        "performance counters under nested SVM.",
+    )
+    parser.add_argument("--version", action="version", version=f"svmpmu {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    f = sub.add_parser(
+        "fuzz",
+        help="fuzz a policy against a reference and print the divergence classes",
+        description="Generate random valid traces, replay each through POLICY and REFERENCE, "
+        "group the divergences into classes and shrink one trace of each class to a minimal "
+        "counterexample. Every figure is reproducible from --seed.",
+    )
+    f.add_argument(
+        "--policy",
+        default="final",
+        help=f"preset of the policy under test ({', '.join(PRESETS)}; default final)",
+    )
+    f.add_argument("--reference", default="arch", help="preset of the reference (default arch)")
+    f.add_argument(
+        "--set",
+        dest="policy_knobs",
+        action="append",
+        type=_knob,
+        default=[],
+        metavar="KNOB=VALUE",
+        help="override a knob of the policy, e.g. --set vmrun_order=before_entry (repeatable)",
+    )
+    f.add_argument(
+        "--set-reference",
+        dest="reference_knobs",
+        action="append",
+        type=_knob,
+        default=[],
+        metavar="KNOB=VALUE",
+        help="override a knob of the reference, e.g. --set-reference "
+        "enabling_wrmsr=new (repeatable)",
+    )
+    f.add_argument(
+        "--traces", type=int, default=1_000_000, help="number of traces (default 1000000)"
+    )
+    f.add_argument("--length", type=int, default=64, help="records per trace (default 64)")
+    f.add_argument("--seed", type=int, default=1, help="seed of the generator (default 1)")
+    f.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="worker threads (default: all cores, or RAYON_NUM_THREADS)",
+    )
+    f.add_argument("--n-pmcs", type=int, default=6, help="PMCs per trace, 1..6 (default 6)")
+    f.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the report as JSON to FILE "
+        "('-' for standard output, instead of the text report)",
+    )
+    f.add_argument(
+        "--check-oracle",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replay the first N generated traces through the pure-Python oracle as "
+        "well and fail on any disagreement with the core",
+    )
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument(
+        "--summary",
+        action="store_true",
+        help="print only the table of classes, not each counterexample",
+    )
+
+    r = sub.add_parser(
+        "replay",
+        help="replay a trace file (.npz) through a policy and compare with a reference",
+        description="Replay a trace saved with Trace.save (an .npz of the record columns).",
+    )
+    r.add_argument("trace", help="the .npz trace file")
+    r.add_argument("--policy", default="final", help="preset (default final)")
+    r.add_argument("--reference", default="arch", help="preset to compare with (default arch)")
+    r.add_argument(
+        "--set",
+        dest="policy_knobs",
+        action="append",
+        type=_knob,
+        default=[],
+        metavar="KNOB=VALUE",
+        help="override a knob of the policy (repeatable)",
+    )
+    r.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
+
+    sub.add_parser(
+        "presets",
+        help="list the presets and their knobs",
+        description="List every preset with the knobs it sets.",
+    )
+    return parser
+
+
+def _check_oracle(report, n: int, out) -> int:
+    from . import oracle
+    from ._api import generate, simulate
+
+    batch = generate(n, report.length, seed=report.seed, mix=report.mix, n_pmcs=report.n_pmcs)
+    bad = 0
+    for i, trace in enumerate(batch):
+        for policy in (report.policy, report.reference):
+            if simulate(trace, policy, n_pmcs=report.n_pmcs) != oracle.simulate(
+                trace, policy, n_pmcs=report.n_pmcs
+            ):
+                bad += 1
+                print(f"ORACLE DISAGREES on trace {i} under {policy}:", file=sys.stderr)
+                print(trace.format(None), file=sys.stderr)
+    print(f"oracle cross-check: {n} traces, {bad} disagreements", file=out)
+    return bad
+
+
+def _fuzz(args, out) -> int:
+    from tqdm import tqdm
+
+    policy = _policy(args.policy, args.policy_knobs)
+    reference = _policy(args.reference, args.reference_knobs)
+    if args.traces < 0 or args.length < 0:
+        raise ValueError("--traces and --length must not be negative")
+    bar = tqdm(
+        total=args.traces,
+        unit=" traces",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=args.no_progress or None,
+        dynamic_ncols=True,
+    )
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - last[0])
+        last[0] = done
+
+    try:
+        report = fuzz(
+            policy,
+            reference,
+            traces=args.traces,
+            length=args.length,
+            seed=args.seed,
+            threads=args.threads,
+            n_pmcs=args.n_pmcs,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    if args.json == "-":
+        print(report.to_json(indent=2), file=out)
+    else:
+        print(report.format(counterexamples=not args.summary), file=out)
+        if args.json:
+            with open(args.json, "w") as fh:
+                fh.write(report.to_json(indent=2))
+    status = 0 if report.complete else 130
+    if args.check_oracle:
+        if _check_oracle(report, args.check_oracle, sys.stderr if args.json == "-" else out):
+            status = 1
+    return status
+
+
+def _replay(args, out) -> int:
+    from ._api import compare
+    from .trace import Trace
+
+    trace = Trace.load(args.trace)
+    policy = _policy(args.policy, args.policy_knobs)
+    c = compare(trace, policy, args.reference, n_pmcs=args.n_pmcs)
+    print(f"{len(trace)} records; policy {policy}:", file=out)
+    print(c.policy.format(), file=out)
+    print(f"reference {args.reference}:", file=out)
+    print(c.reference.format(), file=out)
+    print(c.format(), file=out)
+    return 0
+
+
+def _presets(out) -> int:
+    for name, policy in PRESETS.items():
+        knobs = policy.overrides()
+        print(
+            f"{name:8} " + (", ".join(f"{k}={v}" for k, v in knobs.items()) or "(defaults)"),
+            file=out,
+        )
+    print("\nknobs and their values (the first is the default):", file=out)
+    for knob, values in KNOB_VALUES.items():
+        print(f"  {knob:24} {' | '.join(map(str, values))}", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = sys.stdout
+    try:
+        if args.command == "fuzz":
+            return _fuzz(args, out)
+        if args.command == "replay":
+            return _replay(args, out)
+        if args.command == "presets":
+            return _presets(out)
+        parser.print_help(out)
+        return 2
+    except (PolicyError, TraceError, ValueError, OSError) as e:
+        print(f"svmpmu: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

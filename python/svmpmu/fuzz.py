@@ -1,0 +1,283 @@
+"""Differential fuzzing of a policy against a reference, with classes and shrunk reproducers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _core
+from ._api import compare
+from .mix import Mix
+from .model import Op
+from .policy import Policy, PolicyLike, resolve_policy
+from .result import Comparison
+from .trace import Trace
+
+__all__ = ["DivergenceClass", "FuzzReport", "Signature", "fuzz"]
+
+_HG = ("no H/G", "G", "H", "HG")
+_STATE = {0: "svme=0", 1: "host (svme=1)", 3: "guest"}
+
+
+@dataclass(frozen=True, order=True)
+class Signature:
+    """What explains a divergence: a record at which exactly one of the two models counted.
+
+    ``op`` is the record's op, ``hg`` the H/G bits of the PMC's selector (0 none, 1 G, 2 H,
+    3 both), ``before``/``after`` the mode state around the record (0 svme=0, 1 host mode with
+    svme=1, 3 guest mode) and ``policy_counts`` whether it was the policy (True) or the
+    reference (False) that counted.
+    """
+
+    op: int
+    hg: int
+    before: int
+    after: int
+    policy_counts: bool
+
+    def describe(self) -> str:
+        """One line in words, e.g. ``VMRUN on an H counter, host (svme=1) -> guest: policy counts``."""
+        mode = _STATE[self.before]
+        if self.after != self.before:
+            mode += f" -> {_STATE[self.after]}"
+        who = (
+            "policy counts, reference does not"
+            if self.policy_counts
+            else ("reference counts, policy does not")
+        )
+        return f"{Op(self.op).name} on a {_HG[self.hg]} counter, {mode}: {who}"
+
+    def as_tuple(self) -> tuple[int, int, int, int, bool]:
+        return (self.op, self.hg, self.before, self.after, self.policy_counts)
+
+
+@dataclass(frozen=True)
+class DivergenceClass:
+    """One class of divergences: how many traces show it, the first one that does (its index
+    in the run) and that trace shrunk to a minimal reproducer."""
+
+    signature: Signature
+    count: int
+    trace_index: int
+    original_length: int
+    reproducer: Trace
+    comparison: Comparison = field(repr=False)
+
+    def format(self) -> str:
+        """The counterexample: the records, and what the reference (expected) and the policy
+        (observed) count on them."""
+        c = self.comparison
+        lines = [
+            f"{self.signature.describe()}",
+            f"  {self.count} traces; first is trace {self.trace_index} "
+            f"({self.original_length} records), shrunk to {len(self.reproducer)}:",
+        ]
+        lines += ["  " + line for line in self.reproducer.format(None).splitlines()]
+        lines.append(f"  {'pmc':>5}  {'expected':>16}  {'observed':>16}")
+        for i in range(c.policy.n_pmcs):
+            exp, obs = int(c.reference.counters[i]), int(c.policy.counters[i])
+            mark = "  <--" if i in c.differing_pmcs else ""
+            if exp or obs:
+                lines.append(f"  {i:>5}  {exp:>16}  {obs:>16}{mark}")
+        for k in c.differing_reads:
+            lines.append(
+                f"  read #{k}: expected {int(c.reference.reads[k])}, "
+                f"observed {int(c.policy.reads[k])}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.comparison
+        return {
+            "signature": {
+                "op": Op(self.signature.op).name,
+                "hg": _HG[self.signature.hg],
+                "before": _STATE[self.signature.before],
+                "after": _STATE[self.signature.after],
+                "policy_counts": self.signature.policy_counts,
+            },
+            "description": self.signature.describe(),
+            "count": self.count,
+            "trace_index": self.trace_index,
+            "original_length": self.original_length,
+            "reproducer": {k: v.tolist() for k, v in self.reproducer.columns().items()},
+            "reproducer_text": [
+                line.split(None, 1)[1] for line in self.reproducer.format(None).splitlines()
+            ],
+            "expected": {
+                "counters": c.reference.counters.tolist(),
+                "reads": c.reference.reads.tolist(),
+            },
+            "observed": {"counters": c.policy.counters.tolist(), "reads": c.policy.reads.tolist()},
+        }
+
+
+@dataclass(frozen=True)
+class FuzzReport:
+    """The result of :func:`fuzz`. ``complete`` is False when the run was interrupted; the
+    figures then cover the traces done so far (``traces`` of ``requested``)."""
+
+    policy: Policy
+    reference: Policy
+    seed: int
+    length: int
+    n_pmcs: int
+    requested: int
+    traces: int
+    records: int
+    diverging: int
+    classes: tuple[DivergenceClass, ...]
+    seconds: float
+    complete: bool = True
+    mix: Mix = field(default_factory=Mix, repr=False)
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def format(self, counterexamples: bool = True) -> str:
+        """The report as a table of classes, then each class's counterexample."""
+        head = (
+            f"svmpmu fuzz: policy {self.policy} vs reference {self.reference}, seed {self.seed}, "
+            f"{self.traces} traces x {self.length} records"
+            + ("" if self.complete else f" (interrupted: {self.traces} of {self.requested})")
+        )
+        lines = [
+            head,
+            f"{self.diverging} diverging traces ({self.diverging / max(self.traces, 1):.2%}), "
+            f"{len(self.classes)} classes; {self.records_per_second / 1e6:.1f} M records/s",
+        ]
+        if self.classes:
+            lines.append("")
+            lines.append(f"{'#':>3}  {'traces':>9}  {'min':>3}  class")
+            for k, c in enumerate(self.classes):
+                lines.append(
+                    f"{k:>3}  {c.count:>9}  {len(c.reproducer):>3}  {c.signature.describe()}"
+                )
+        if counterexamples:
+            for k, c in enumerate(self.classes):
+                lines.append("")
+                lines.append(f"[{k}] " + c.format())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": str(self.policy),
+            "policy_knobs": {k: getattr(self.policy, k) for k in self.policy.__dataclass_fields__},
+            "reference": str(self.reference),
+            "seed": self.seed,
+            "length": self.length,
+            "n_pmcs": self.n_pmcs,
+            "requested": self.requested,
+            "traces": self.traces,
+            "records": self.records,
+            "diverging": self.diverging,
+            "seconds": self.seconds,
+            "complete": self.complete,
+            "mix": self.mix.to_dict(),
+            "classes": [c.to_dict() for c in self.classes],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _trace_of(columns: tuple) -> Trace:
+    return Trace(*columns)
+
+
+def fuzz(
+    policy: PolicyLike,
+    reference: PolicyLike = "arch",
+    *,
+    traces: int,
+    length: int,
+    seed: int,
+    threads: int | None = None,
+    n_pmcs: int = 6,
+    mix: Mix | None = None,
+    block: int = 200_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> FuzzReport:
+    """Generate ``traces`` random valid traces of ``length`` records from ``seed``, replay each
+    through ``policy`` and ``reference`` in one pass in Rust, and group the diverging traces
+    into classes by :class:`Signature`. Each class keeps its count and its first trace, shrunk
+    to a minimal reproducer that still shows the class.
+
+    The work runs in blocks of ``block`` traces; ``progress(done, total)`` is called after each.
+    A KeyboardInterrupt between blocks stops the run and returns the partial report
+    (``complete=False``). Results are the same for any ``threads`` and any ``block``.
+    """
+    import time
+
+    p, q = resolve_policy(policy), resolve_policy(reference)
+    mix = mix if mix is not None else Mix()
+    if traces < 0 or length < 0:
+        raise ValueError("traces and length must not be negative")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError("seed must be an integer in 0..2**64-1")
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be at least 1")
+    # Fail on a bad policy, mix or n_pmcs before any work.
+    _core.fuzz_range(p, q, seed, length, n_pmcs, mix, 0, 0, threads)
+    done = records = diverging = 0
+    tallies: dict[tuple, list[int]] = {}
+    complete = True
+    start = time.perf_counter()
+    try:
+        while done < traces:
+            end = min(done + block, traces)
+            _n, r, d, classes = _core.fuzz_range(p, q, seed, length, n_pmcs, mix, done, end, threads)
+            records += r
+            diverging += d
+            for sig, count, first in classes:
+                t = tallies.setdefault(tuple(sig), [0, first])
+                t[0] += count
+                t[1] = min(t[1], first)
+            done = end
+            if progress is not None:
+                progress(done, traces)
+    except KeyboardInterrupt:
+        complete = False
+    seconds = time.perf_counter() - start
+    ordered = sorted(tallies.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    found = []
+    for sig, (count, first) in ordered:
+        original = _regenerate(seed, first, length, n_pmcs, mix)
+        small = _trace_of(_core.shrink(_columns(original), sig, p, q, n_pmcs))
+        found.append(
+            DivergenceClass(
+                signature=Signature(*sig),
+                count=count,
+                trace_index=first,
+                original_length=len(original),
+                reproducer=small,
+                comparison=compare(small, p, q, n_pmcs=n_pmcs),
+            )
+        )
+    return FuzzReport(
+        policy=p,
+        reference=q,
+        seed=seed,
+        length=length,
+        n_pmcs=n_pmcs,
+        requested=traces,
+        traces=done,
+        records=records,
+        diverging=diverging,
+        classes=tuple(found),
+        seconds=seconds,
+        complete=complete,
+        mix=mix,
+    )
+
+
+def _columns(trace: Trace) -> tuple:
+    return (trace.op, trace.pmc, trace.cpl, trace.flag, trace.key, trace.value)
+
+
+def _regenerate(seed: int, index: int, length: int, n_pmcs: int, mix: Mix) -> Trace:
+    """Trace ``index`` of the run seeded by ``seed``, regenerated alone."""
+    return Trace(*_core.generate_one(seed, index, length, n_pmcs, mix))

@@ -1,0 +1,88 @@
+"""The generator's mix: how often each op and each selector field appears."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from . import _core
+
+__all__ = ["Mix"]
+
+_DEFAULT = _core.default_mix()
+
+
+def _default(name: str) -> Any:
+    value = _DEFAULT[name]
+    if isinstance(value, dict):
+        return field(default_factory=lambda: MappingProxyType(dict(value)))
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Mix:
+    """What the generator draws, and how often. Defaults are the generator's own.
+
+    Weights are relative; per-mille fields are chances out of 1000. Ops that are invalid in the
+    current mode (VMRUN in guest mode, VMEXIT in host mode, ...) are left out of each draw, so
+    only valid traces come out. Override with :func:`dataclasses.replace` or :meth:`with_ops`.
+    """
+
+    ops: Any = _default("ops")
+    """Relative weight of each op, by name (``"RUN"``, ``"VMRUN"``, ...)."""
+    hg: tuple = _default("hg")
+    """Weights of a written selector's H/G bits: none, G only, H only, both."""
+    events: tuple = _default("events")
+    """Weights of the event of a selector, a RUN or a filter: instructions, branches, other."""
+    cpl_bits: tuple = _default("cpl_bits")
+    """Weights of a selector's OS/USR bits: both, OS only, USR only, neither."""
+    filter: tuple = _default("filter")
+    """Weights of SET_FILTER actions: none, allow, deny."""
+    enable: int = _default("enable")
+    """Per mille of written selectors with EN set."""
+    interrupt: int = _default("interrupt")
+    """Per mille of written selectors with INT set."""
+    zero_selector: int = _default("zero_selector")
+    """Per mille of selector writes of 0."""
+    reserved_junk: int = _default("reserved_junk")
+    """Per mille of selector writes with random reserved bits (which the write drops)."""
+    kernel: int = _default("kernel")
+    """Per mille of EMULATE and RUN records at CPL 0 (the rest at CPL 3)."""
+    branch: int = _default("branch")
+    """Per mille of EMULATE records that are branches."""
+    ctr_near_wrap: int = _default("ctr_near_wrap")
+    """Per mille of WRMSR_CTR values within 2^12 of the 48-bit wrap."""
+    run_huge: int = _default("run_huge")
+    """Per mille of RUN records with n in 2^47..2^48 (counters wrap)."""
+    global_all: int = _default("global_all")
+    """Per mille of WRMSR_GLOBAL_CTRL writes that enable every PMC (the rest are random)."""
+    run_max: int = _default("run_max")
+    """The largest n of an ordinary RUN (n is uniform in 1..run_max)."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.ops) - set(_DEFAULT["ops"])
+        if unknown:
+            raise ValueError(f"mix: unknown ops {sorted(unknown)}")
+        missing = set(_DEFAULT["ops"]) - set(self.ops)
+        if missing:
+            object.__setattr__(
+                self, "ops", MappingProxyType({**{k: 0 for k in missing}, **dict(self.ops)})
+            )
+        else:
+            object.__setattr__(self, "ops", MappingProxyType(dict(self.ops)))
+
+    def with_ops(self, **weights: int) -> Mix:
+        """A copy with some op weights changed, e.g. ``mix.with_ops(RESET=0, RUN=500)``."""
+        return dataclasses.replace(self, ops={**self.ops, **weights})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mix as plain data (for JSON)."""
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = dict(v) if f.name == "ops" else list(v) if isinstance(v, tuple) else v
+        return d

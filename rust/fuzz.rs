@@ -1,0 +1,307 @@
+//! Differential fuzzing: generate traces, replay each through a policy and a reference in
+//! lockstep, group the divergences into classes and shrink one member of each class.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::gen::Generator;
+use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY, MAX_PMCS};
+use crate::sim::{AnyModel, Arch, Kvm, Model};
+use crate::trace::{validate, Record, TraceBuf, TraceRef};
+
+/// What explains one attribution divergence: a record at which exactly one of the two models
+/// counted on some PMC. Records that count differently are the only way counts can part
+/// (model.md section 8), so every divergence is made of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Signature {
+    /// The op of the record.
+    pub op: u8,
+    /// The H/G bits of the PMC's selector (after the record): 0 none, 1 G, 2 H, 3 both.
+    pub hg: u8,
+    /// The mode state before and after the record: 0 svme=0, 1 svme=1 host mode, 3 guest mode.
+    pub before: u8,
+    pub after: u8,
+    /// True when the policy counted and the reference did not; false for the reverse.
+    pub policy_counts: bool,
+}
+
+impl Signature {
+    pub fn pack(&self) -> u32 {
+        (self.op as u32) << 16
+            | (self.hg as u32) << 8
+            | (self.before as u32) << 4
+            | (self.after as u32) << 1
+            | self.policy_counts as u32
+    }
+}
+
+fn mode_state(m: &impl Model) -> u8 {
+    let (svme, guest) = m.mode();
+    svme as u8 | (guest as u8) << 1
+}
+
+fn hg_bits(sel: u64) -> u8 {
+    ((sel & GUEST_ONLY != 0) as u8) | ((sel & HOST_ONLY != 0) as u8) << 1
+}
+
+/// Reusable buffers for one worker.
+#[derive(Default)]
+struct Scratch {
+    reads_a: Vec<u64>,
+    reads_b: Vec<u64>,
+    sigs: Vec<Signature>,
+}
+
+/// Replay `t` through both models; if it diverges (model.md section 8), the signatures of its
+/// attribution divergences, sorted and without repeats, are left in `s.sigs`.
+fn diverge_into<A: Model, B: Model>(mut a: A, mut b: B, t: &TraceRef<'_>, s: &mut Scratch) -> bool {
+    s.reads_a.clear();
+    s.reads_b.clear();
+    s.sigs.clear();
+    for i in 0..t.len() {
+        let r = t.record(i);
+        let before = mode_state(&b);
+        let ma = a.step(r, &mut s.reads_a);
+        let mb = b.step(r, &mut s.reads_b);
+        if ma != mb {
+            let after = mode_state(&b);
+            let mut d = ma ^ mb;
+            while d != 0 {
+                let p = d.trailing_zeros() as usize;
+                d &= d - 1;
+                s.sigs.push(Signature {
+                    op: r.op,
+                    hg: hg_bits(b.eventsel()[p]),
+                    before,
+                    after,
+                    policy_counts: ma & (1 << p) != 0,
+                });
+            }
+        }
+    }
+    let diverges = s.reads_a != s.reads_b
+        || a.counters() != b.counters()
+        || a.overflows() != b.overflows()
+        || a.pmis() != b.pmis();
+    if diverges {
+        s.sigs.sort_unstable();
+        s.sigs.dedup();
+    } else {
+        s.sigs.clear();
+    }
+    diverges
+}
+
+/// [`diverge_into`] for any pair of policies.
+fn diverge(t: &TraceRef<'_>, p: &Policy, q: &Policy, n_pmcs: usize, s: &mut Scratch) -> bool {
+    use AnyModel as M;
+    match (M::new(p, n_pmcs), M::new(q, n_pmcs)) {
+        (M::Kvm(a), M::Arch(b)) => diverge_into::<Kvm, Arch>(a, b, t, s),
+        (M::Kvm(a), M::Kvm(b)) => diverge_into(a, b, t, s),
+        (M::Arch(a), M::Arch(b)) => diverge_into(a, b, t, s),
+        (M::Arch(a), M::Kvm(b)) => diverge_into(a, b, t, s),
+    }
+}
+
+/// The signatures a (valid) trace shows; empty when it does not diverge.
+pub fn signatures(t: &TraceRef<'_>, p: &Policy, q: &Policy, n_pmcs: usize) -> Vec<Signature> {
+    let mut s = Scratch::default();
+    diverge(t, p, q, n_pmcs, &mut s);
+    s.sigs
+}
+
+/// One class: how many traces show it and the first (lowest-index) one that does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassTally {
+    pub count: u64,
+    pub first_trace: u64,
+}
+
+/// The tallies of a range of traces; merging is order-independent (sums and minima), so the
+/// result is the same for any thread count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub traces: u64,
+    pub records: u64,
+    pub diverging: u64,
+    pub classes: BTreeMap<Signature, ClassTally>,
+}
+
+impl Tally {
+    pub fn merge(mut self, other: Tally) -> Tally {
+        self.traces += other.traces;
+        self.records += other.records;
+        self.diverging += other.diverging;
+        for (sig, t) in other.classes {
+            self.classes
+                .entry(sig)
+                .and_modify(|c| {
+                    c.count += t.count;
+                    c.first_trace = c.first_trace.min(t.first_trace);
+                })
+                .or_insert(t);
+        }
+        self
+    }
+}
+
+/// Everything a fuzzing run needs.
+#[derive(Clone, Debug)]
+pub struct FuzzSpec {
+    pub policy: Policy,
+    pub reference: Policy,
+    pub generator: Generator,
+    pub seed: u64,
+    pub length: usize,
+}
+
+/// Traces per rayon task: large enough to amortise the task, small enough to balance 2 cores.
+const CHUNK: u64 = 512;
+
+fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Tally {
+    let mut buf = TraceBuf::with_capacity(spec.length);
+    let mut s = Scratch::default();
+    let mut tally = Tally::default();
+    let n_pmcs = spec.generator.n_pmcs;
+    for index in start..end {
+        buf.clear();
+        spec.generator
+            .trace_into(&mut buf, spec.seed, index, spec.length);
+        tally.traces += 1;
+        tally.records += buf.len() as u64;
+        if diverge(&buf.as_ref(), &spec.policy, &spec.reference, n_pmcs, &mut s) {
+            tally.diverging += 1;
+            for &sig in &s.sigs {
+                tally
+                    .classes
+                    .entry(sig)
+                    .and_modify(|c| c.count += 1)
+                    .or_insert(ClassTally {
+                        count: 1,
+                        first_trace: index,
+                    });
+            }
+        }
+    }
+    tally
+}
+
+/// Fuzz traces `start..end` of the run (in parallel on the current rayon pool).
+pub fn fuzz_range(spec: &FuzzSpec, start: u64, end: u64) -> Tally {
+    let chunks: Vec<(u64, u64)> = (start..end)
+        .step_by(CHUNK as usize)
+        .map(|s| (s, (s + CHUNK).min(end)))
+        .collect();
+    chunks
+        .into_par_iter()
+        .map(|(s, e)| fuzz_chunk(spec, s, e))
+        .reduce(Tally::default, Tally::merge)
+}
+
+fn shows(
+    records: &[Record],
+    sig: Signature,
+    p: &Policy,
+    q: &Policy,
+    n_pmcs: usize,
+    s: &mut Scratch,
+) -> bool {
+    let buf = TraceBuf::from_records(records);
+    let t = buf.as_ref();
+    validate(&t, n_pmcs).is_ok() && diverge(&t, p, q, n_pmcs, s) && s.sigs.contains(&sig)
+}
+
+/// Simpler values to try for a record, most readable first.
+fn simpler(r: Record) -> Vec<Record> {
+    let mut out = Vec::new();
+    let with_value = |v: u64| Record { value: v, ..r };
+    match r.op {
+        op::RUN => {
+            for n in [1, 1000, 1 << 48] {
+                if n < r.value {
+                    out.push(with_value(n));
+                }
+            }
+            if r.cpl != 0 && r.cpl != 3 {
+                out.push(Record { cpl: 3, ..r });
+            }
+        }
+        op::WRMSR_EVTSEL => {
+            // Drop reserved junk, then INT.
+            let clean = r.value & !(crate::model::RESERVED_BITS & !(HOST_ONLY | GUEST_ONLY));
+            if clean != r.value {
+                out.push(with_value(clean));
+            }
+            if clean & crate::model::INT != 0 {
+                out.push(with_value(clean & !crate::model::INT));
+            }
+        }
+        op::WRMSR_CTR => {
+            if r.value != 0 {
+                out.push(with_value(0));
+            }
+        }
+        op::WRMSR_GLOBAL_CTRL => {
+            if r.value != 0x3F {
+                out.push(with_value(0x3F));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Shrink a trace to a minimal one that still shows `sig`: remove runs of records, halving
+/// their length down to single records, while the trace stays valid and shows the class;
+/// then simplify values. The result is 1-minimal: removing any one record loses the class.
+pub fn shrink(
+    trace: &TraceRef<'_>,
+    sig: Signature,
+    p: &Policy,
+    q: &Policy,
+    n_pmcs: usize,
+) -> TraceBuf {
+    let mut s = Scratch::default();
+    let mut recs: Vec<Record> = (0..trace.len()).map(|i| trace.record(i)).collect();
+    if !shows(&recs, sig, p, q, n_pmcs, &mut s) {
+        return TraceBuf::from_records(&recs);
+    }
+    let mut size = recs.len().div_ceil(2).max(1);
+    loop {
+        let mut removed_any = false;
+        let mut start = 0;
+        while start < recs.len() {
+            let end = (start + size).min(recs.len());
+            let mut candidate = Vec::with_capacity(recs.len() - (end - start));
+            candidate.extend_from_slice(&recs[..start]);
+            candidate.extend_from_slice(&recs[end..]);
+            if shows(&candidate, sig, p, q, n_pmcs, &mut s) {
+                recs = candidate;
+                removed_any = true;
+            } else {
+                start = end;
+            }
+        }
+        if size == 1 && !removed_any {
+            break;
+        }
+        if !removed_any {
+            size = size.div_ceil(2);
+        }
+    }
+    for i in 0..recs.len() {
+        for candidate in simpler(recs[i]) {
+            let old = recs[i];
+            recs[i] = candidate;
+            if shows(&recs, sig, p, q, n_pmcs, &mut s) {
+                break;
+            }
+            recs[i] = old;
+        }
+    }
+    TraceBuf::from_records(&recs)
+}
+
+/// Keep `MAX_PMCS` referenced for readers: selectors are indexed by PMC below it.
+const _: () = assert!(MAX_PMCS <= 8);
