@@ -237,16 +237,8 @@ fn simpler(r: Record) -> Vec<Record> {
                 out.push(with_value(clean & !crate::model::INT));
             }
         }
-        op::WRMSR_CTR => {
-            if r.value != 0 {
-                out.push(with_value(0));
-            }
-        }
-        op::WRMSR_GLOBAL_CTRL => {
-            if r.value != 0x3F {
-                out.push(with_value(0x3F));
-            }
-        }
+        op::WRMSR_CTR if r.value != 0 => out.push(with_value(0)),
+        op::WRMSR_GLOBAL_CTRL if r.value != 0x3F => out.push(with_value(0x3F)),
         _ => {}
     }
     out

@@ -138,6 +138,10 @@ impl Default for Mix {
     }
 }
 
+/// Slots of an op table: ops are drawn with a resolution of 1/4096.
+pub const OP_SLOTS: usize = 4096;
+type OpTables = Box<[[u8; OP_SLOTS]; 4]>;
+
 /// The third event a mix can draw: cycles not in halt (0x076).
 pub const OTHER_EVENT: u32 = 0x076;
 
@@ -214,20 +218,37 @@ impl Mix {
         Ok(())
     }
 
-    /// Op weights with the ops that are invalid in each mode state zeroed, by state.
-    fn op_tables(&self) -> [[u32; op::COUNT]; 4] {
-        let mut t = [[0u32; op::COUNT]; 4];
+    /// Per mode state, a table of `OP_SLOTS` ops in which each op valid in that state holds
+    /// a share of slots proportional to its weight: drawing an op is one lookup. Weights are
+    /// thus resolved to 1/4096 of the total of the valid ops' weights.
+    fn op_tables(&self) -> OpTables {
+        let mut t = Box::new([[0u8; OP_SLOTS]; 4]);
         for (state, row) in t.iter_mut().enumerate() {
-            for (o, w) in row.iter_mut().enumerate() {
+            let mut w = [0u64; op::COUNT];
+            for (o, slot) in w.iter_mut().enumerate() {
                 let probe = Record {
                     op: o as u8,
                     ..Record::default()
                 };
-                *w = if is_valid(probe, state as u8, MAX_PMCS) {
-                    self.ops[o]
-                } else {
-                    0
-                };
+                if is_valid(probe, state as u8, MAX_PMCS) {
+                    *slot = self.ops[o] as u64;
+                }
+            }
+            let total: u64 = w.iter().sum();
+            if total == 0 {
+                continue; // state 2 (svme = 0 in guest mode) never occurs
+            }
+            for (s, out) in row.iter_mut().enumerate() {
+                // The op whose cumulative weight range holds the slot's midpoint.
+                let x = (2 * s as u64 + 1) * total / (2 * OP_SLOTS as u64);
+                let mut acc = 0;
+                for (o, &wo) in w.iter().enumerate() {
+                    acc += wo;
+                    if x < acc {
+                        *out = o as u8;
+                        break;
+                    }
+                }
             }
         }
         t
@@ -264,12 +285,12 @@ fn selector(rng: &mut Rng, mix: &Mix) -> u64 {
 fn push_record(
     rng: &mut Rng,
     mix: &Mix,
-    tables: &[[u32; op::COUNT]; 4],
+    tables: &[[u8; OP_SLOTS]; 4],
     state: u8,
     n_pmcs: usize,
     buf: &mut TraceBuf,
 ) -> u8 {
-    let o = rng.weighted(&tables[state as usize]) as u8;
+    let o = tables[state as usize][(rng.next_u64() >> 52) as usize];
     let mut r = Record {
         op: o,
         ..Record::default()
@@ -334,7 +355,7 @@ pub fn generate_into(
     length: usize,
     n_pmcs: usize,
     mix: &Mix,
-    tables: &[[u32; op::COUNT]; 4],
+    tables: &[[u8; OP_SLOTS]; 4],
 ) {
     let mut rng = Rng::for_trace(seed, index);
     let mut state = STATE_RESET;
@@ -347,7 +368,7 @@ pub fn generate_into(
 #[derive(Clone, Debug)]
 pub struct Generator {
     pub mix: Mix,
-    tables: [[u32; op::COUNT]; 4],
+    tables: OpTables,
     pub n_pmcs: usize,
 }
 

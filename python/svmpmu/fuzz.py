@@ -38,7 +38,7 @@ class Signature:
     policy_counts: bool
 
     def describe(self) -> str:
-        """One line in words, e.g. ``VMRUN on an H counter, host (svme=1) -> guest: policy counts``."""
+        """One line in words, e.g. ``VMRUN on a H counter, host (svme=1) -> guest: ...``."""
         mode = _STATE[self.before]
         if self.after != self.before:
             mode += f" -> {_STATE[self.after]}"
@@ -229,7 +229,9 @@ def fuzz(
     try:
         while done < traces:
             end = min(done + block, traces)
-            _n, r, d, classes = _core.fuzz_range(p, q, seed, length, n_pmcs, mix, done, end, threads)
+            _n, r, d, classes = _core.fuzz_range(
+                p, q, seed, length, n_pmcs, mix, done, end, threads
+            )
             records += r
             diverging += d
             for sig, count, first in classes:

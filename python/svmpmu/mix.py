@@ -32,7 +32,7 @@ class Mix:
     only valid traces come out. Override with :func:`dataclasses.replace` or :meth:`with_ops`.
     """
 
-    ops: Any = _default("ops")
+    ops: Any = _default("ops")  # noqa: RUF009 (a default_factory)
     """Relative weight of each op, by name (``"RUN"``, ``"VMRUN"``, ...)."""
     hg: tuple = _default("hg")
     """Weights of a written selector's H/G bits: none, G only, H only, both."""
