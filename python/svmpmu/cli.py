@@ -37,6 +37,21 @@ def _policy(preset: str, overrides: list[tuple[str, object]]) -> Policy:
     return dataclasses.replace(resolve_policy(preset), **dict(overrides))
 
 
+def _knob_option(
+    parser: argparse.ArgumentParser, flag: str, dest: str, whose: str, example: str
+) -> None:
+    """A repeatable KNOB=VALUE option that overrides a knob of the policy or the reference."""
+    parser.add_argument(
+        flag,
+        dest=dest,
+        action="append",
+        type=_knob,
+        default=[],
+        metavar="KNOB=VALUE",
+        help=f"override a knob of the {whose}, e.g. {flag} {example} (repeatable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svmpmu",
@@ -59,25 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"preset of the policy under test ({', '.join(PRESETS)}; default final)",
     )
     f.add_argument("--reference", default="arch", help="preset of the reference (default arch)")
-    f.add_argument(
-        "--set",
-        dest="policy_knobs",
-        action="append",
-        type=_knob,
-        default=[],
-        metavar="KNOB=VALUE",
-        help="override a knob of the policy, e.g. --set vmrun_order=before_entry (repeatable)",
-    )
-    f.add_argument(
-        "--set-reference",
-        dest="reference_knobs",
-        action="append",
-        type=_knob,
-        default=[],
-        metavar="KNOB=VALUE",
-        help="override a knob of the reference, e.g. --set-reference "
-        "enabling_wrmsr=new (repeatable)",
-    )
+    _knob_option(f, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
+    _knob_option(f, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
     f.add_argument(
         "--traces", type=int, default=1_000_000, help="number of traces (default 1000000)"
     )
@@ -119,15 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("trace", help="the .npz trace file")
     r.add_argument("--policy", default="final", help="preset (default final)")
     r.add_argument("--reference", default="arch", help="preset to compare with (default arch)")
-    r.add_argument(
-        "--set",
-        dest="policy_knobs",
-        action="append",
-        type=_knob,
-        default=[],
-        metavar="KNOB=VALUE",
-        help="override a knob of the policy (repeatable)",
-    )
+    _knob_option(r, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
     r.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
 
     sub.add_parser(
