@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 
-import pytest
-
 import svmpmu
 
 
@@ -34,8 +32,3 @@ def report(benchmark, records: int, target: float | None = None) -> float | None
             f"{rate / 1e6:.1f} M records/s is below the target {target / 1e6:.0f} M"
         )
     return rate
-
-
-@pytest.fixture
-def rate_report():
-    return report

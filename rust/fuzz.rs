@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use crate::gen::Generator;
-use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY, MAX_PMCS};
+use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY};
 use crate::sim::{AnyModel, Arch, Kvm, Model};
 use crate::trace::{validate, Record, TraceBuf, TraceRef};
 
@@ -294,6 +294,3 @@ pub fn shrink(
     }
     TraceBuf::from_records(&recs)
 }
-
-/// Keep `MAX_PMCS` referenced for readers: selectors are indexed by PMC below it.
-const _: () = assert!(MAX_PMCS <= 8);

@@ -16,10 +16,6 @@ use crate::trace::{is_valid, next_state, Record, TraceBuf, STATE_RESET};
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
     /// The stream of trace `index` of a batch generated from `seed`.
     pub fn for_trace(seed: u64, index: u64) -> Self {
         let mut r = Rng(seed ^ 0x5851_F42D_4C95_7F2D);

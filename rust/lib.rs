@@ -70,6 +70,11 @@ mod python {
         Policy::from_knobs(&values).map_err(|e| to_py(py, e))
     }
 
+    /// The policy and the reference of a comparison.
+    fn policy_pair(p: &Bound<'_, PyAny>, q: &Bound<'_, PyAny>) -> PyResult<(Policy, Policy)> {
+        Ok((policy_from_py(p)?, policy_from_py(q)?))
+    }
+
     type Columns<'py> = (
         PyReadonlyArray1<'py, u8>,
         PyReadonlyArray1<'py, u8>,
@@ -94,6 +99,17 @@ mod python {
             slice(&c.5)?,
         )
         .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Borrow the columns and validate them for `n_pmcs` (TraceError on the first bad record).
+    fn borrow_valid<'a>(
+        py: Python<'_>,
+        c: &'a Columns<'_>,
+        n_pmcs: usize,
+    ) -> PyResult<TraceRef<'a>> {
+        let t = borrow(c)?;
+        trace::validate(&t, n_pmcs).map_err(|e| to_py(py, e))?;
+        Ok(t)
     }
 
     fn arr<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>) -> Bound<'py, PyArray1<T>> {
@@ -155,8 +171,7 @@ mod python {
         reference: &Bound<'py, PyAny>,
         n_pmcs: usize,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let p = policy_from_py(policy)?;
-        let q = policy_from_py(reference)?;
+        let (p, q) = policy_pair(policy, reference)?;
         let t = borrow(&columns)?;
         let c = py
             .detach(|| sim::compare(&t, &p, &q, n_pmcs))
@@ -374,9 +389,10 @@ mod python {
         end: u64,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let (policy, reference) = policy_pair(policy, reference)?;
         let spec = FuzzSpec {
-            policy: policy_from_py(policy)?,
-            reference: policy_from_py(reference)?,
+            policy,
+            reference,
             generator: generator(py, mix, n_pmcs)?,
             seed,
             length,
@@ -401,10 +417,8 @@ mod python {
         reference: &Bound<'py, PyAny>,
         n_pmcs: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        let p = policy_from_py(policy)?;
-        let q = policy_from_py(reference)?;
-        let t = borrow(&columns)?;
-        trace::validate(&t, n_pmcs).map_err(|e| to_py(py, e))?;
+        let (p, q) = policy_pair(policy, reference)?;
+        let t = borrow_valid(py, &columns, n_pmcs)?;
         let sigs = py.detach(|| fuzz::signatures(&t, &p, &q, n_pmcs));
         let out = PyList::empty(py);
         for s in &sigs {
@@ -423,10 +437,8 @@ mod python {
         reference: &Bound<'py, PyAny>,
         n_pmcs: usize,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let p = policy_from_py(policy)?;
-        let q = policy_from_py(reference)?;
-        let t = borrow(&columns)?;
-        trace::validate(&t, n_pmcs).map_err(|e| to_py(py, e))?;
+        let (p, q) = policy_pair(policy, reference)?;
+        let t = borrow_valid(py, &columns, n_pmcs)?;
         let sig = sig_from(signature);
         let buf = py.detach(|| fuzz::shrink(&t, sig, &p, &q, n_pmcs));
         columns_tuple(py, buf)

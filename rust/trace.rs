@@ -175,9 +175,9 @@ impl TraceBuf {
     }
 }
 
-// The mode state as two bits: bit 0 svme, bit 1 guest_mode. (svme 0, guest 1) never occurs.
+// The mode state as two bits: bit 0 svme, bit 1 guest_mode (1 = svme in host mode).
+// (svme 0, guest 1) never occurs.
 const S00: u8 = 0;
-const S10: u8 = 1;
 const S11: u8 = 3;
 
 /// Per-op validation data, so that validating a record is a few table lookups and no
@@ -393,5 +393,3 @@ pub fn is_valid(r: Record, state: u8, n_pmcs: usize) -> bool {
 }
 
 pub const STATE_RESET: u8 = S00;
-pub const STATE_HOST_SVME: u8 = S10;
-pub const STATE_GUEST: u8 = S11;

@@ -31,6 +31,20 @@ def _n_pmcs(n_pmcs: int) -> int:
     return n_pmcs
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be at least 1")
+
+
+def _check_run(n_traces: int, length: int, seed: int, threads: int | None) -> None:
+    """The arguments shared by generate() and fuzz(), checked before any work."""
+    if n_traces < 0 or length < 0:
+        raise ValueError("the number of traces and their length must not be negative")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError("seed must be an integer in 0..2**64-1")
+    _check_threads(threads)
+
+
 def simulate(
     trace: Trace, policy: PolicyLike = "final", *, n_pmcs: int = 6, timeline: bool = False
 ) -> Result:
@@ -93,10 +107,7 @@ def generate(
     Trace ``i`` depends only on ``seed``, ``i``, ``length``, ``n_pmcs`` and ``mix`` (see
     :class:`Mix`), so a seed gives the same batch on every machine and for every thread count.
     """
-    if n_traces < 0 or length < 0:
-        raise ValueError("n_traces and length must not be negative")
-    if not 0 <= seed < 1 << 64:
-        raise ValueError("seed must be an integer in 0..2**64-1")
+    _check_run(n_traces, length, seed, threads)
     columns, offsets = _core.generate(
         n_traces, length, seed, _n_pmcs(n_pmcs), mix if mix is not None else Mix(), threads
     )
@@ -144,8 +155,7 @@ def simulate_batch(
     ``index`` counts records from the start of the batch."""
     if not isinstance(batch, TraceBatch):
         raise TypeError(f"expected a svmpmu.TraceBatch, got {type(batch).__name__}")
-    if threads is not None and threads < 1:
-        raise ValueError("threads must be at least 1")
+    _check_threads(threads)
     resolved = resolve_policy(policy)
     columns, offsets = batch._core_args()
     return BatchResult(*_core.simulate_batch(columns, offsets, resolved, _n_pmcs(n_pmcs), threads))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .trace import COLUMNS, Trace
+from .trace import COLUMNS, Trace, integer_array
 
 __all__ = ["TraceBatch"]
 
@@ -34,16 +34,9 @@ class TraceBatch:
         value: Any = None,
     ) -> None:
         trace = Trace(op, pmc, cpl, flag, key, value)
-        off = np.asarray(offsets)
-        if off.ndim != 1 or len(off) < 1:
-            raise ValueError("offsets must be a 1-D array of at least one entry")
-        if off.dtype != np.uint64:
-            if off.dtype.kind not in "iu":
-                raise TypeError(f"offsets must hold integers, got dtype {off.dtype}")
-            if off.dtype.kind == "i" and int(off.min()) < 0:
-                raise ValueError("offsets must not be negative")
-            off = off.astype(np.uint64)
-        off = np.ascontiguousarray(off)
+        off = integer_array("offsets", offsets, np.dtype(np.uint64))
+        if len(off) < 1:
+            raise ValueError("offsets must have at least one entry")
         if int(off[0]) != 0 or int(off[-1]) != len(trace):
             raise ValueError(
                 f"offsets must start at 0 and end at the number of records ({len(trace)}), "

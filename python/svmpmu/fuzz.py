@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _core
-from ._api import compare
+from ._api import _check_run, _columns, compare
 from .mix import Mix
 from .model import Op
 from .policy import Policy, PolicyLike, resolve_policy
@@ -184,10 +185,6 @@ class FuzzReport:
         return json.dumps(self.to_dict(), **kwargs)
 
 
-def _trace_of(columns: tuple) -> Trace:
-    return Trace(*columns)
-
-
 def fuzz(
     policy: PolicyLike,
     reference: PolicyLike = "arch",
@@ -210,16 +207,9 @@ def fuzz(
     A KeyboardInterrupt between blocks stops the run and returns the partial report
     (``complete=False``). Results are the same for any ``threads`` and any ``block``.
     """
-    import time
-
     p, q = resolve_policy(policy), resolve_policy(reference)
     mix = mix if mix is not None else Mix()
-    if traces < 0 or length < 0:
-        raise ValueError("traces and length must not be negative")
-    if not 0 <= seed < 1 << 64:
-        raise ValueError("seed must be an integer in 0..2**64-1")
-    if threads is not None and threads < 1:
-        raise ValueError("threads must be at least 1")
+    _check_run(traces, length, seed, threads)
     # Fail on a bad policy, mix or n_pmcs before any work.
     _core.fuzz_range(p, q, seed, length, n_pmcs, mix, 0, 0, threads)
     done = records = diverging = 0
@@ -248,7 +238,7 @@ def fuzz(
     found = []
     for sig, (count, first) in ordered:
         original = _regenerate(seed, first, length, n_pmcs, mix)
-        small = _trace_of(_core.shrink(_columns(original), sig, p, q, n_pmcs))
+        small = Trace(*_core.shrink(_columns(original), sig, p, q, n_pmcs))
         found.append(
             DivergenceClass(
                 signature=Signature(*sig),
@@ -274,10 +264,6 @@ def fuzz(
         complete=complete,
         mix=mix,
     )
-
-
-def _columns(trace: Trace) -> tuple:
-    return (trace.op, trace.pmc, trace.cpl, trace.flag, trace.key, trace.value)
 
 
 def _regenerate(seed: int, index: int, length: int, n_pmcs: int, mix: Mix) -> Trace:

@@ -27,6 +27,25 @@ COLUMNS: dict[str, np.dtype] = {
 """The record columns of a trace and their dtypes: 16 bytes a record."""
 
 
+def integer_array(name: str, data: Any, dtype: np.dtype) -> np.ndarray:
+    """``data`` as a contiguous 1-D array of ``dtype``, without a copy when it already is one;
+    a clear error for non-integers, negative values or values wider than ``dtype``."""
+    array = np.asarray(data)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.dtype != dtype:
+        if array.size and array.dtype.kind not in "iub":
+            raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+        if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
+            raise ValueError(f"{name} holds a negative value")
+        if array.size and int(array.max()) > np.iinfo(dtype).max:
+            raise ValueError(
+                f"{name} holds a value wider than its dtype {dtype} (maximum {int(array.max()):#x})"
+            )
+        array = array.astype(dtype)
+    return np.ascontiguousarray(array)
+
+
 def _column(name: str, data: Any, length: int | None) -> np.ndarray:
     """One column as a contiguous 1-D array of its dtype, without a copy when it already is one."""
     dtype = COLUMNS[name]
@@ -34,21 +53,7 @@ def _column(name: str, data: Any, length: int | None) -> np.ndarray:
         if length is None:
             raise ValueError("the 'op' column is required")
         return np.zeros(length, dtype=dtype)
-    array = np.asarray(data)
-    if array.ndim != 1:
-        raise ValueError(f"column {name!r} must be one-dimensional, got shape {array.shape}")
-    if array.dtype != dtype:
-        if array.size and array.dtype.kind not in "iub":
-            raise TypeError(f"column {name!r} must hold integers, got dtype {array.dtype}")
-        if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
-            raise ValueError(f"column {name!r} holds a negative value")
-        if array.size and int(array.max()) > np.iinfo(dtype).max:
-            raise ValueError(
-                f"column {name!r} holds a value wider than its dtype {dtype} "
-                f"(maximum {int(array.max()):#x})"
-            )
-        array = array.astype(dtype)
-    array = np.ascontiguousarray(array)
+    array = integer_array(f"column {name!r}", data, dtype)
     if length is not None and len(array) != length:
         raise ValueError(f"column {name!r} has {len(array)} records, but 'op' has {length}")
     return array
