@@ -34,10 +34,37 @@ struct Pmu {
     instr: u8,
     branch: u8,
     filter_ok: u8,
-    counter: [u64; MAX_PMCS],
-    overflows: [u64; MAX_PMCS],
-    pmis: [u64; MAX_PMCS],
+    /// Counters, kept lazily so that adding to them is branch-free and cheap: `raw[i]` is
+    /// counter i plus 2^48 times the wraps not yet folded into `overflows[i]` and `pmis[i]`.
+    /// The wraps are folded (`settle`) before anything that changes how a wrap is credited
+    /// (the INT bit, a counter write) and after at most `SETTLE_EVERY` adds, so `raw` stays far
+    /// from 2^64. Lanes 6 and 7 are padding, always zero.
+    raw: [u64; LANES],
+    overflows: [u64; LANES],
+    pmis: [u64; LANES],
+    adds_since_settle: u32,
 }
+
+/// Slots of the per-PMC arrays: 8, so that a PMC index masked with 7 is always in bounds.
+const LANES: usize = 8;
+/// Adds of up to 2^FAST_ADD_BITS each between two settlements: raw < 2^48 + 2^20 * 2^40.
+const FAST_ADD_BITS: u32 = 40;
+const SETTLE_EVERY: u32 = 1 << 20;
+
+/// `LANE_MASKS[m][i]` is all ones when bit i of `m` is set: a PMC mask as lane masks.
+static LANE_MASKS: [[u64; LANES]; 256] = {
+    let mut t = [[0u64; LANES]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut i = 0;
+        while i < LANES {
+            t[m][i] = if m & (1 << i) != 0 { u64::MAX } else { 0 };
+            i += 1;
+        }
+        m += 1;
+    }
+    t
+};
 
 impl Pmu {
     fn new(n_pmcs: usize) -> Self {
@@ -60,9 +87,10 @@ impl Pmu {
             instr: 0,
             branch: 0,
             filter_ok: all,
-            counter: [0; MAX_PMCS],
-            overflows: [0; MAX_PMCS],
-            pmis: [0; MAX_PMCS],
+            raw: [0; LANES],
+            overflows: [0; LANES],
+            pmis: [0; LANES],
+            adds_since_settle: 0,
         }
     }
 
@@ -93,6 +121,8 @@ impl Pmu {
 
     /// Store a (masked) selector value and refresh the masks derived from it.
     fn set_eventsel(&mut self, i: usize, v: u64) {
+        // Wraps so far are credited under the old INT bit.
+        self.settle(i);
         self.eventsel[i] = v;
         let k = selector_key(v);
         self.key[i] = k;
@@ -128,25 +158,71 @@ impl Pmu {
             | (svme & ((guest & self.guest_only) | (!guest & self.host_only)))
     }
 
-    /// Add `n` to every counter in `mask`, counting wraps (model.md section 5). Branch-free
-    /// over all PMC slots: on random traces, data-dependent branches here mispredict.
+    /// Fold the pending wraps of counter `i` into its overflow and PMI counts.
+    #[inline(always)]
+    fn settle(&mut self, i: usize) {
+        let wraps = self.raw[i] >> COUNTER_BITS;
+        self.overflows[i] += wraps;
+        self.pmis[i] += wraps & LANE_MASKS[self.int as usize][i];
+        self.raw[i] &= COUNTER_MASK;
+    }
+
+    fn settle_all(&mut self) {
+        for i in 0..LANES {
+            self.settle(i);
+        }
+        self.adds_since_settle = 0;
+    }
+
+    /// Add `n` to every counter in `mask` (model.md section 5: counters wrap modulo 2^48, each
+    /// wrap counts an overflow, and a PMI if INT is set). Branch-free over the lanes; the rare
+    /// huge `n` (a RUN of 2^40 events or more) takes the exact path.
     #[inline(always)]
     fn add(&mut self, mask: u8, n: u64) {
+        if (n >> FAST_ADD_BITS) != 0 || self.adds_since_settle >= SETTLE_EVERY {
+            self.add_exact(mask, n);
+            return;
+        }
+        self.adds_since_settle += 1;
+        for (raw, lane) in self.raw.iter_mut().zip(&LANE_MASKS[mask as usize]) {
+            *raw += n & lane;
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_exact(&mut self, mask: u8, n: u64) {
+        self.settle_all();
         let mut m = mask;
         while m != 0 {
             let i = m.trailing_zeros() as usize;
             m &= m - 1;
-            let (sum, carry) = self.counter[i].overflowing_add(n);
+            let (sum, carry) = self.raw[i].overflowing_add(n);
             // 2^64 is 2^16 wraps of a 48-bit counter.
             let wraps = (sum >> COUNTER_BITS) + ((carry as u64) << (64 - COUNTER_BITS));
-            self.counter[i] = sum & COUNTER_MASK;
-            if wraps != 0 {
-                self.overflows[i] += wraps;
-                if self.int & (1 << i) != 0 {
-                    self.pmis[i] += wraps;
-                }
-            }
+            self.raw[i] = sum & COUNTER_MASK;
+            self.overflows[i] += wraps;
+            self.pmis[i] += wraps & LANE_MASKS[self.int as usize][i];
         }
+    }
+
+    /// The value of counter `i`.
+    #[inline(always)]
+    fn read(&self, i: usize) -> u64 {
+        self.raw[i & (LANES - 1)] & COUNTER_MASK
+    }
+
+    fn counters(&self) -> [u64; MAX_PMCS] {
+        std::array::from_fn(|i| self.raw[i] & COUNTER_MASK)
+    }
+
+    fn overflows(&self) -> [u64; MAX_PMCS] {
+        std::array::from_fn(|i| self.overflows[i] + (self.raw[i] >> COUNTER_BITS))
+    }
+
+    fn pmis(&self) -> [u64; MAX_PMCS] {
+        let int = &LANE_MASKS[self.int as usize];
+        std::array::from_fn(|i| self.pmis[i] + ((self.raw[i] >> COUNTER_BITS) & int[i]))
     }
 
     /// Count one retired instruction (and a retired branch when flagged) on `allowed` PMCs.
@@ -161,7 +237,8 @@ impl Pmu {
     }
 
     fn write_ctr(&mut self, i: usize, v: u64) {
-        self.counter[i] = v & COUNTER_MASK;
+        self.settle(i);
+        self.raw[i] = v & COUNTER_MASK;
     }
 
     /// The value an ideal hypervisor programs for `sel` with enable bit `en`
@@ -190,9 +267,9 @@ pub trait Model {
     /// The mask of PMCs whose programmed `eventsel_hw` has EN set.
     fn hw_enabled(&self) -> u8;
     fn mode(&self) -> (bool, bool);
-    fn counters(&self) -> &[u64; MAX_PMCS];
-    fn overflows(&self) -> &[u64; MAX_PMCS];
-    fn pmis(&self) -> &[u64; MAX_PMCS];
+    fn counters(&self) -> [u64; MAX_PMCS];
+    fn overflows(&self) -> [u64; MAX_PMCS];
+    fn pmis(&self) -> [u64; MAX_PMCS];
     fn eventsel_hw(&self) -> [u64; MAX_PMCS];
 }
 
@@ -314,9 +391,10 @@ impl Kvm {
     }
 }
 
-impl Model for Kvm {
+impl Kvm {
+    /// One record, by its op (model.md section 6).
     #[inline(always)]
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
+    fn step_record(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
         match r.op {
             op::RUN => {
                 self.vm_entry();
@@ -399,7 +477,7 @@ impl Model for Kvm {
                 0
             }
             op::READ => {
-                reads.push(self.pmu.counter[r.pmc as usize]);
+                reads.push(self.pmu.read(r.pmc as usize));
                 0
             }
             _ => {
@@ -407,6 +485,13 @@ impl Model for Kvm {
                 0
             }
         }
+    }
+}
+
+impl Model for Kvm {
+    #[inline(always)]
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
+        self.step_record(r, reads)
     }
 
     fn eventsel(&self) -> &[u64; MAX_PMCS] {
@@ -419,14 +504,14 @@ impl Model for Kvm {
     fn mode(&self) -> (bool, bool) {
         (self.pmu.svme, self.pmu.guest)
     }
-    fn counters(&self) -> &[u64; MAX_PMCS] {
-        &self.pmu.counter
+    fn counters(&self) -> [u64; MAX_PMCS] {
+        self.pmu.counters()
     }
-    fn overflows(&self) -> &[u64; MAX_PMCS] {
-        &self.pmu.overflows
+    fn overflows(&self) -> [u64; MAX_PMCS] {
+        self.pmu.overflows()
     }
-    fn pmis(&self) -> &[u64; MAX_PMCS] {
-        &self.pmu.pmis
+    fn pmis(&self) -> [u64; MAX_PMCS] {
+        self.pmu.pmis()
     }
     fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
         let mut out = [0; MAX_PMCS];
@@ -478,9 +563,10 @@ impl Arch {
     }
 }
 
-impl Model for Arch {
+impl Arch {
+    /// One record, by its op (model.md section 5).
     #[inline(always)]
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
+    fn step_record(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
         match r.op {
             op::RUN => {
                 let m = self.allowed(self.pmu.svme, self.pmu.guest)
@@ -551,7 +637,7 @@ impl Model for Arch {
             }
             op::VMENTRY => 0,
             op::READ => {
-                reads.push(self.pmu.counter[r.pmc as usize]);
+                reads.push(self.pmu.read(r.pmc as usize));
                 0
             }
             _ => {
@@ -559,6 +645,13 @@ impl Model for Arch {
                 0
             }
         }
+    }
+}
+
+impl Model for Arch {
+    #[inline(always)]
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
+        self.step_record(r, reads)
     }
 
     fn eventsel(&self) -> &[u64; MAX_PMCS] {
@@ -571,14 +664,14 @@ impl Model for Arch {
     fn mode(&self) -> (bool, bool) {
         (self.pmu.svme, self.pmu.guest)
     }
-    fn counters(&self) -> &[u64; MAX_PMCS] {
-        &self.pmu.counter
+    fn counters(&self) -> [u64; MAX_PMCS] {
+        self.pmu.counters()
     }
-    fn overflows(&self) -> &[u64; MAX_PMCS] {
-        &self.pmu.overflows
+    fn overflows(&self) -> [u64; MAX_PMCS] {
+        self.pmu.overflows()
     }
-    fn pmis(&self) -> &[u64; MAX_PMCS] {
-        &self.pmu.pmis
+    fn pmis(&self) -> [u64; MAX_PMCS] {
+        self.pmu.pmis()
     }
     fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
         let en = self.hw_enabled();

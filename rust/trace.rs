@@ -181,7 +181,7 @@ const S00: u8 = 0;
 const S11: u8 = 3;
 
 /// Per-op validation data, so that validating a record is a few table lookups and no
-/// data-dependent branch: `NEXT[op][flag & 1][state]` is the state after the record and
+/// data-dependent branch: `TRANSITION` gives the state after the record and
 /// `LEGAL` the same shape, true where the mode rules allow the record.
 struct OpRules {
     uses_pmc: bool,
@@ -220,32 +220,35 @@ const RULES: [OpRules; 16] = [
     rules(false, false, false, ANY), // (unknown)
 ];
 
-/// Next state by [op][flag & 1][state]; states are indexed 0..4 (index 2 is unreachable).
-const NEXT: [[[u8; 4]; 2]; 16] = {
-    let mut t = [[[0u8; 4]; 2]; 16];
+/// How a record changes the mode state: `next = (state & keep) | set`, by [op][flag & 1].
+/// The pair depends on the record alone, so the chain from one record's state to the next is
+/// an AND and an OR, not a table lookup that waits for the previous state.
+const TRANSITION: [[(u8, u8); 2]; 16] = {
+    let mut t = [[(3u8, 0u8); 2]; 16];
     let mut o = 0;
     while o < 16 {
         let mut f = 0;
         while f < 2 {
-            let mut s = 0;
-            while s < 4 {
-                let svme = (s as u8) & 1;
-                t[o][f][s] = match o as u8 {
-                    op::WRMSR_EFER => f as u8, // host mode only: (flag, host)
-                    op::VMRUN => S11,
-                    op::VMEXIT | op::FORCED_LEAVE => svme,
-                    op::SET_NESTED_STATE => svme | (f as u8) << 1,
-                    op::RESET => S00,
-                    _ => s as u8,
-                };
-                s += 1;
-            }
+            t[o][f] = match o as u8 {
+                op::WRMSR_EFER => (0, f as u8), // host mode only: (svme = flag, host)
+                op::VMRUN => (0, S11),
+                op::VMEXIT | op::FORCED_LEAVE => (1, 0), // keep svme, leave guest mode
+                op::SET_NESTED_STATE => (1, (f as u8) << 1),
+                op::RESET => (0, S00),
+                _ => (3, 0),
+            };
             f += 1;
         }
         o += 1;
     }
     t
 };
+
+#[inline(always)]
+fn next(r: Record, state: u8) -> u8 {
+    let (keep, set) = TRANSITION[(r.op & 15) as usize][(r.flag & 1) as usize];
+    (state & keep) | set
+}
 
 /// Mode legality by [op][flag & 1][state], and the reason when illegal.
 const fn mode_error(o: u8, flag: u8, state: u8) -> Option<&'static str> {
@@ -349,7 +352,7 @@ pub fn validate(t: &TraceRef<'_>, n_pmcs: usize) -> Result<(), CoreError> {
         for i in start..end {
             let r = t.record(i);
             all_ok &= record_ok(r, state, n);
-            state = NEXT[(r.op & 15) as usize][(r.flag & 1) as usize][state as usize];
+            state = next(r, state);
         }
         if !all_ok {
             let mut s = entry_state;
@@ -361,7 +364,7 @@ pub fn validate(t: &TraceRef<'_>, n_pmcs: usize) -> Result<(), CoreError> {
                         reason: reason(r, s, n),
                     });
                 }
-                s = NEXT[(r.op & 15) as usize][(r.flag & 1) as usize][s as usize];
+                s = next(r, s);
             }
         }
         start = end;
@@ -383,7 +386,7 @@ pub fn check_n_pmcs(n_pmcs: usize) -> Result<(), CoreError> {
 /// and the shrinker to keep traces valid.
 #[inline]
 pub fn next_state(r: Record, state: u8) -> u8 {
-    NEXT[(r.op & 15) as usize][(r.flag & 1) as usize][state as usize]
+    next(r, state)
 }
 
 /// Whether `r` is valid in `state` (for the generator and the shrinker).
