@@ -2,7 +2,7 @@
 //! `cargo run --release --no-default-features --example replay -- final 10000000 [seed]`.
 use _core::gen::{Generator, Mix};
 use _core::model::Policy;
-use _core::sim::simulate_valid;
+use _core::sim::{simulate, simulate_valid};
 use std::time::Instant;
 
 fn main() {
@@ -23,7 +23,15 @@ fn main() {
     let v = start.elapsed().as_secs_f64();
     println!("validate: {:.1} M records/s", n as f64 / v / 1e6);
     let start = Instant::now();
+    let checked = simulate(&t, &policy, 6, false).expect("valid");
+    let c = start.elapsed().as_secs_f64();
+    println!(
+        "{preset}: validated and replayed at {:.1} M records/s",
+        n as f64 / c / 1e6
+    );
+    let start = Instant::now();
     let r = simulate_valid(&t, &policy, 6, false);
+    assert_eq!(r, checked);
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{preset}: {n} records in {secs:.4} s = {:.1} M records/s; counters {:?}",

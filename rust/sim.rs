@@ -10,7 +10,7 @@ use crate::model::{
     COUNTER_BITS, COUNTER_MASK, EN, GUEST_ONLY, HOST_ONLY, INSTRUCTIONS_RETIRED, INT, MAX_PMCS, OS,
     RESERVED_BITS, USR,
 };
-use crate::trace::{validate, Record, TraceRef};
+use crate::trace::{is_valid, validate, Record, TraceRef};
 
 /// The architectural state shared by both models: selectors, counters, global control, filter
 /// and the mode (model.md section 3).
@@ -22,8 +22,8 @@ struct Pmu {
     global_ctrl: u8,
     filter_action: u8,
     filter_key: u32,
-    eventsel: [u64; MAX_PMCS],
-    key: [u32; MAX_PMCS],
+    eventsel: [u64; LANES],
+    key: [u32; LANES],
     // Bitmasks over PMCs derived from `eventsel` and the filter.
     en: u8,
     host_only: u8,
@@ -45,7 +45,8 @@ struct Pmu {
     adds_since_settle: u32,
 }
 
-/// Slots of the per-PMC arrays: 8, so that a PMC index masked with 7 is always in bounds.
+/// Slots of the per-PMC arrays: 8, so that a PMC index masked with 7 is always in bounds
+/// (a trace is validated while it is replayed, so an invalid record must not panic).
 const LANES: usize = 8;
 /// Adds of up to 2^FAST_ADD_BITS each between two settlements: raw < 2^48 + 2^20 * 2^40.
 const FAST_ADD_BITS: u32 = 40;
@@ -76,8 +77,8 @@ impl Pmu {
             global_ctrl: all,
             filter_action: filter::NONE,
             filter_key: 0,
-            eventsel: [0; MAX_PMCS],
-            key: [0; MAX_PMCS],
+            eventsel: [0; LANES],
+            key: [0; LANES],
             en: 0,
             host_only: 0,
             guest_only: 0,
@@ -98,7 +99,7 @@ impl Pmu {
     #[inline(always)]
     fn key_match(&self, k: u32) -> u8 {
         let mut m = 0u8;
-        for i in 0..MAX_PMCS {
+        for i in 0..LANES {
             m |= ((self.key[i] == k) as u8) << i;
         }
         m & self.all
@@ -263,7 +264,12 @@ pub trait Model {
     /// adds to counters in no other way, so two models' counts part exactly where these differ.
     fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8;
     /// The guest-visible selectors.
-    fn eventsel(&self) -> &[u64; MAX_PMCS];
+    fn eventsel(&self) -> &[u64; LANES];
+    /// The mode as crate::trace encodes it: bit 0 EFER.SVME, bit 1 guest mode.
+    fn mode_state(&self) -> u8 {
+        let (svme, guest) = self.mode();
+        svme as u8 | (guest as u8) << 1
+    }
     /// The mask of PMCs whose programmed `eventsel_hw` has EN set.
     fn hw_enabled(&self) -> u8;
     fn mode(&self) -> (bool, bool);
@@ -289,7 +295,7 @@ pub struct Kvm {
     /// PMCs whose `eventsel` changed since their last re-evaluation; `hw_base` holds the
     /// selector value `eventsel_hw` was last computed from.
     stale: u8,
-    hw_base: [u64; MAX_PMCS],
+    hw_base: [u64; LANES],
     /// Per flow, the (sync, deferred) masks its timing knob selects: all PMCs or none.
     flows: [(u8, u8); 5],
     /// 0xFF when `emul_ok` ignores the mode (`emul_mode_aware = false`), else 0.
@@ -330,7 +336,7 @@ impl Kvm {
             emul_ok: 0,
             pending: 0,
             stale: 0,
-            hw_base: [0; MAX_PMCS],
+            hw_base: [0; LANES],
             emul_any_mode: if p.emul_mode_aware { 0 } else { 0xFF },
             flows: [
                 p.efer,
@@ -408,7 +414,7 @@ impl Kvm {
             }
             op::EMULATE => self.retire(r.cpl, r.flag != 0),
             op::WRMSR_EVTSEL => {
-                let i = r.pmc as usize;
+                let i = r.pmc as usize & (LANES - 1);
                 let v = r.value & !self.reserved;
                 let old = self.pmu.eventsel[i];
                 // KVM acts only on a change; written without branches (a same-value write
@@ -428,7 +434,7 @@ impl Kvm {
                 self.retire(0, false)
             }
             op::WRMSR_CTR => {
-                self.pmu.write_ctr(r.pmc as usize, r.value);
+                self.pmu.write_ctr(r.pmc as usize & (LANES - 1), r.value);
                 self.retire(0, false)
             }
             op::WRMSR_GLOBAL_CTRL => {
@@ -494,7 +500,7 @@ impl Model for Kvm {
         self.step_record(r, reads)
     }
 
-    fn eventsel(&self) -> &[u64; MAX_PMCS] {
+    fn eventsel(&self) -> &[u64; LANES] {
         &self.pmu.eventsel
     }
 
@@ -580,7 +586,7 @@ impl Arch {
             }
             op::EMULATE => self.retire(r.cpl, r.flag != 0),
             op::WRMSR_EVTSEL => {
-                let i = r.pmc as usize;
+                let i = r.pmc as usize & (LANES - 1);
                 let v = r.value & !(RESERVED_BITS & !(HOST_ONLY | GUEST_ONLY));
                 if self.p.enabling_wrmsr_new {
                     self.pmu.set_eventsel(i, v);
@@ -592,7 +598,7 @@ impl Arch {
                 }
             }
             op::WRMSR_CTR => {
-                self.pmu.write_ctr(r.pmc as usize, r.value);
+                self.pmu.write_ctr(r.pmc as usize & (LANES - 1), r.value);
                 self.retire(0, false)
             }
             op::WRMSR_GLOBAL_CTRL => {
@@ -654,7 +660,7 @@ impl Model for Arch {
         self.step_record(r, reads)
     }
 
-    fn eventsel(&self) -> &[u64; MAX_PMCS] {
+    fn eventsel(&self) -> &[u64; LANES] {
         &self.pmu.eventsel
     }
 
@@ -777,15 +783,52 @@ fn run_model<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize, timeline: bool
     SimResult::from_model(&m, n_pmcs, reads, tl)
 }
 
-/// Validate and replay one trace under a policy (model.md sections 4 to 8).
+/// Replay a trace and check every record rule in the same pass (without a second read of
+/// the columns); `false` if some record is invalid, and then the model's state is garbage.
+#[inline(never)]
+fn replay_checked<M: Model>(
+    m: &mut M,
+    t: &TraceRef<'_>,
+    n_pmcs: usize,
+    reads: &mut Vec<u64>,
+) -> bool {
+    let mut ok = true;
+    for r in t.records() {
+        // Up to the first invalid record the model's mode is the validator's.
+        ok &= is_valid(r, m.mode_state(), n_pmcs);
+        m.step(r, reads);
+    }
+    ok
+}
+
+fn run_checked<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize) -> Option<SimResult> {
+    let mut reads = Vec::with_capacity(count_reads(t));
+    replay_checked(&mut m, t, n_pmcs, &mut reads)
+        .then(|| SimResult::from_model(&m, n_pmcs, reads, None))
+}
+
+/// Validate and replay one trace under a policy (model.md sections 4 to 8). Nothing of an
+/// invalid trace is returned: the error names its first invalid record.
 pub fn simulate(
     t: &TraceRef<'_>,
     policy: &Policy,
     n_pmcs: usize,
     timeline: bool,
 ) -> Result<SimResult, CoreError> {
-    validate(t, n_pmcs)?;
-    Ok(simulate_valid(t, policy, n_pmcs, timeline))
+    crate::trace::check_n_pmcs(n_pmcs)?;
+    if timeline {
+        validate(t, n_pmcs)?;
+        return Ok(simulate_valid(t, policy, n_pmcs, true));
+    }
+    let result = match AnyModel::new(policy, n_pmcs) {
+        AnyModel::Kvm(m) => run_checked(m, t, n_pmcs),
+        AnyModel::Arch(m) => run_checked(m, t, n_pmcs),
+    };
+    match result {
+        Some(r) => Ok(r),
+        // Locate and explain the first invalid record.
+        None => validate(t, n_pmcs).and(Err(CoreError::Value("invalid trace".into()))),
+    }
 }
 
 /// Replay a trace already validated for `n_pmcs`.
@@ -1019,6 +1062,40 @@ mod tests {
         for i in 0..200 {
             let t = g.trace(3, i, 200);
             assert!(!compare(&t.as_ref(), &arch, &arch, 6).unwrap().diverges);
+        }
+    }
+
+    #[test]
+    fn checked_replay_reports_what_validation_reports_on_garbage() {
+        // Random records with every field drawn from its whole range: the replay that checks
+        // validity as it goes must neither panic nor disagree with the validator.
+        let mut rng = crate::gen::Rng::for_trace(99, 0);
+        for k in 0..3000u64 {
+            let len = (k % 40) as usize;
+            let recs: Vec<Record> = (0..len)
+                .map(|_| {
+                    let x = rng.next_u64();
+                    Record {
+                        op: (x % 17) as u8,
+                        pmc: ((x >> 8) % 9) as u8,
+                        cpl: ((x >> 16) % 5) as u8,
+                        flag: ((x >> 24) % 4) as u8,
+                        key: [0, INSTRUCTIONS_RETIRED, 1 << 20][((x >> 32) % 3) as usize],
+                        value: rng.next_u64() >> (x >> 58),
+                    }
+                })
+                .collect();
+            let t = TraceBuf::from_records(&recs);
+            for name in ["final", "arch", "v4"] {
+                let p = Policy::preset(name).unwrap();
+                let checked = simulate(&t.as_ref(), &p, 6, false);
+                match validate(&t.as_ref(), 6) {
+                    Ok(()) => {
+                        assert_eq!(checked.unwrap(), simulate_valid(&t.as_ref(), &p, 6, false))
+                    }
+                    Err(e) => assert_eq!(checked.unwrap_err(), e),
+                }
+            }
         }
     }
 }

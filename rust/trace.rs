@@ -90,6 +90,23 @@ impl<'a> TraceRef<'a> {
         }
     }
 
+    /// The records in order. The columns are cut to one length first, so that the compiler
+    /// can drop the per-column bounds checks from the loop.
+    #[inline(always)]
+    pub fn records(&self) -> impl Iterator<Item = Record> + 'a {
+        let n = self.op.len();
+        let (op, pmc, cpl) = (&self.op[..n], &self.pmc[..n], &self.cpl[..n]);
+        let (flag, key, value) = (&self.flag[..n], &self.key[..n], &self.value[..n]);
+        (0..n).map(move |i| Record {
+            op: op[i],
+            pmc: pmc[i],
+            cpl: cpl[i],
+            flag: flag[i],
+            key: key[i],
+            value: value[i],
+        })
+    }
+
     #[inline(always)]
     pub fn record(&self, i: usize) -> Record {
         Record {
@@ -223,7 +240,7 @@ const RULES: [OpRules; 16] = [
 /// How a record changes the mode state: `next = (state & keep) | set`, by [op][flag & 1].
 /// The pair depends on the record alone, so the chain from one record's state to the next is
 /// an AND and an OR, not a table lookup that waits for the previous state.
-const TRANSITION: [[(u8, u8); 2]; 16] = {
+pub(crate) const TRANSITION: [[(u8, u8); 2]; 16] = {
     let mut t = [[(3u8, 0u8); 2]; 16];
     let mut o = 0;
     while o < 16 {
