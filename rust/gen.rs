@@ -284,7 +284,7 @@ fn push_record(
     tables: &[[u8; OP_SLOTS]; 4],
     state: u8,
     n_pmcs: usize,
-    buf: &mut TraceBuf,
+    buf: &mut impl RecordSink,
 ) -> u8 {
     let o = tables[state as usize][(rng.next_u64() >> 52) as usize];
     let mut r = Record {
@@ -345,7 +345,7 @@ fn push_record(
 
 /// Generate trace `index` of the batch seeded by `seed` and append it to `buf`.
 pub fn generate_into(
-    buf: &mut TraceBuf,
+    buf: &mut impl RecordSink,
     seed: u64,
     index: u64,
     length: usize,
@@ -357,6 +357,43 @@ pub fn generate_into(
     let mut state = STATE_RESET;
     for _ in 0..length {
         state = push_record(&mut rng, mix, tables, state, n_pmcs, buf);
+    }
+}
+
+/// Where generated records go: a growing [`TraceBuf`], or preallocated column slices.
+pub trait RecordSink {
+    fn push(&mut self, r: Record);
+}
+
+impl RecordSink for TraceBuf {
+    fn push(&mut self, r: Record) {
+        TraceBuf::push(self, r);
+    }
+}
+
+/// Column slices filled from the start; a batch's traces are written straight into the
+/// output, so no second copy of a batch is ever held.
+struct SliceSink<'a> {
+    op: &'a mut [u8],
+    pmc: &'a mut [u8],
+    cpl: &'a mut [u8],
+    flag: &'a mut [u8],
+    key: &'a mut [u32],
+    value: &'a mut [u64],
+    at: usize,
+}
+
+impl RecordSink for SliceSink<'_> {
+    #[inline(always)]
+    fn push(&mut self, r: Record) {
+        let i = self.at;
+        self.op[i] = r.op;
+        self.pmc[i] = r.pmc;
+        self.cpl[i] = r.cpl;
+        self.flag[i] = r.flag;
+        self.key[i] = r.key;
+        self.value[i] = r.value;
+        self.at += 1;
     }
 }
 
@@ -381,7 +418,7 @@ impl Generator {
     }
 
     /// Trace `index` of the batch seeded by `seed`, appended to `buf`.
-    pub fn trace_into(&self, buf: &mut TraceBuf, seed: u64, index: u64, length: usize) {
+    pub fn trace_into(&self, buf: &mut impl RecordSink, seed: u64, index: u64, length: usize) {
         generate_into(
             buf,
             seed,
@@ -408,23 +445,43 @@ impl Generator {
         let total = n_traces
             .checked_mul(length)
             .ok_or_else(|| CoreError::Value("n_traces * length is too large".into()))?;
-        const PER_TASK: usize = 1 << 16;
-        let per = (PER_TASK / length.max(1)).max(1);
-        let parts: Vec<TraceBuf> = (0..n_traces.div_ceil(per))
-            .into_par_iter()
-            .map(|c| {
-                let (s, e) = (c * per, ((c + 1) * per).min(n_traces));
-                let mut buf = TraceBuf::with_capacity((e - s) * length);
-                for i in s..e {
-                    self.trace_into(&mut buf, seed, i as u64, length);
-                }
-                buf
-            })
-            .collect();
-        let mut out = TraceBuf::with_capacity(total);
-        for p in parts {
-            out.extend(&p);
+        let mut out = TraceBuf::zeroed(total);
+        if total == 0 {
+            return Ok(out);
         }
+        const PER_TASK: usize = 1 << 16;
+        let per = (PER_TASK / length).max(1);
+        let chunk = per * length;
+        let TraceBuf {
+            op,
+            pmc,
+            cpl,
+            flag,
+            key,
+            value,
+        } = &mut out;
+        op.par_chunks_mut(chunk)
+            .zip(pmc.par_chunks_mut(chunk))
+            .zip(cpl.par_chunks_mut(chunk))
+            .zip(flag.par_chunks_mut(chunk))
+            .zip(key.par_chunks_mut(chunk))
+            .zip(value.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(c, (((((op, pmc), cpl), flag), key), value))| {
+                let n = op.len() / length;
+                let mut sink = SliceSink {
+                    op,
+                    pmc,
+                    cpl,
+                    flag,
+                    key,
+                    value,
+                    at: 0,
+                };
+                for j in 0..n {
+                    self.trace_into(&mut sink, seed, (c * per + j) as u64, length);
+                }
+            });
         Ok(out)
     }
 }

@@ -132,6 +132,18 @@ impl TraceBuf {
         }
     }
 
+    /// `n` zero records (the allocation is zeroed lazily by the system).
+    pub fn zeroed(n: usize) -> Self {
+        TraceBuf {
+            op: vec![0; n],
+            pmc: vec![0; n],
+            cpl: vec![0; n],
+            flag: vec![0; n],
+            key: vec![0; n],
+            value: vec![0; n],
+        }
+    }
+
     pub fn push(&mut self, r: Record) {
         self.op.push(r.op);
         self.pmc.push(r.pmc);
