@@ -1,0 +1,145 @@
+"""What the benchmark suites and the regression gate measure, in one place.
+
+Every figure is a best-of-N wall time of one call, turned into records per second and into a
+ratio to the *streaming baseline*: the time numpy takes to read every column of the same
+records once (one ``max`` reduction per column, which runs at memory bandwidth). Ratios, not
+absolute times, are what the gate compares, so that it holds on any machine of this kind.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import svmpmu
+from svmpmu import Mix, Trace
+
+PRESETS = ("final", "hybrid", "v4", "v3", "v1", "legacy", "arch")
+
+
+@functools.cache
+def random_trace(length: int, seed: int = 1) -> Trace:
+    """Ops in random order (the default mix): the worst case for branch prediction."""
+    return svmpmu.generate(1, length, seed=seed).trace(0)
+
+
+@functools.cache
+def workload_trace(length: int, seed: int = 1) -> Trace:
+    """Long stretches of RUN and EMULATE between nested transitions (``Mix.workload()``)."""
+    return svmpmu.generate(1, length, seed=seed, mix=Mix.workload()).trace(0)
+
+
+@functools.cache
+def batch(n_traces: int, length: int, seed: int = 1) -> svmpmu.TraceBatch:
+    return svmpmu.generate(n_traces, length, seed=seed)
+
+
+def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+    """The best wall time of ``repeat`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def stream(trace: Trace) -> list:
+    """Read every column of ``trace`` once: the memory-bandwidth limit of a replay."""
+    return [column.max() for column in trace.columns().values()]
+
+
+def stream_batch(b: svmpmu.TraceBatch) -> list:
+    return stream(b.records)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: ``run`` replays ``records`` records; ``baseline`` streams the same."""
+
+    name: str
+    records: int
+    run: Callable[[], object]
+    baseline: Callable[[], object]
+
+
+def cases(scale: float = 1.0) -> list[Case]:
+    """The measured cases; ``scale`` shrinks their sizes for the short gate."""
+    n = int(10_000_000 * scale)
+    traces, length = int(1_000_000 * scale), 64
+    out = []
+    for kind, make in (("random", random_trace), ("workload", workload_trace)):
+        t = make(n)
+        for preset in PRESETS:
+            out.append(
+                Case(
+                    f"replay/{kind}/{preset}",
+                    n,
+                    functools.partial(svmpmu.simulate, t, preset),
+                    functools.partial(stream, t),
+                )
+            )
+    b = batch(traces, length)
+    out.append(
+        Case(
+            "batch/final",
+            traces * length,
+            functools.partial(svmpmu.simulate_batch, b, "final"),
+            functools.partial(stream_batch, b),
+        )
+    )
+    out.append(
+        Case(
+            "generate",
+            traces * length,
+            functools.partial(svmpmu.generate, traces, length, seed=1),
+            functools.partial(stream_batch, b),
+        )
+    )
+    out.append(
+        Case(
+            "fuzz/final",
+            traces * length,
+            functools.partial(svmpmu.fuzz, "final", traces=traces, length=length, seed=1),
+            functools.partial(stream_batch, b),
+        )
+    )
+    return out
+
+
+def peak_memory_ratio(length: int = 100_000_000) -> dict:
+    """Replay a ``length``-record trace in a fresh interpreter; its peak resident memory as a
+    ratio to the bytes of the trace itself (no hidden copies means close to 1)."""
+    code = f"""
+import json, resource, svmpmu
+trace = svmpmu.generate(1, {length}, seed=1).trace(0)
+result = svmpmu.simulate(trace, "final")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"peak_bytes": peak, "trace_bytes": trace.nbytes}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    data = json.loads(out.stdout)
+    data["ratio"] = data["peak_bytes"] / data["trace_bytes"]
+    return data
+
+
+def oracle_ratio(length: int = 20_000) -> dict:
+    """The oracle's time over the core's on the same small random trace, and both rates."""
+    import svmpmu.oracle
+
+    t = random_trace(length, seed=2)
+    core = best_seconds(functools.partial(svmpmu.simulate, t, "final"), repeat=20)
+    start = time.perf_counter()
+    svmpmu.oracle.simulate(t, "final")
+    oracle = time.perf_counter() - start
+    return {
+        "core_records_per_second": length / core,
+        "oracle_records_per_second": length / oracle,
+        "ratio": oracle / core,
+    }
