@@ -1,5 +1,5 @@
 //! Replay one generated trace through a preset, for profiling the hot loop without Python:
-//! `cargo run --release --no-default-features --example replay -- final 10000000 [seed]`.
+//! `cargo run --release --no-default-features --example replay -- final 10000000 [seed [steady]]`.
 use _core::gen::{Generator, Mix};
 use _core::model::Policy;
 use _core::sim::{simulate, simulate_valid};
@@ -14,9 +14,15 @@ fn main() {
         .unwrap_or(10_000_000);
     let seed: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
     let policy = Policy::preset(preset).expect("preset");
-    let buf = Generator::new(Mix::default(), 6)
-        .expect("mix")
-        .trace(seed, 0, n);
+    let mut mix = Mix::default();
+    if args.get(4).map(String::as_str) == Some("steady") {
+        // Only RUN, EMULATE and VMENTRY: one long steady stretch.
+        mix.ops = [0; 15];
+        mix.ops[_core::model::op::RUN as usize] = 500;
+        mix.ops[_core::model::op::EMULATE as usize] = 450;
+        mix.ops[_core::model::op::VMENTRY as usize] = 50;
+    }
+    let buf = Generator::new(mix, 6).expect("mix").trace(seed, 0, n);
     let t = buf.as_ref();
     let start = Instant::now();
     _core::trace::validate(&t, 6).expect("valid");

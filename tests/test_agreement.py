@@ -114,3 +114,11 @@ def test_policy_overrides_reach_both():
     for knob, values in KNOB_VALUES.items():
         for value in values:
             assert_same(trace, dataclasses.replace(base, **{knob: value}), timeline=False)
+
+
+@pytest.mark.parametrize("preset", ["final", "v4", "legacy", "arch"])
+def test_workload_like_traces_agree(preset):
+    # Long stretches of RUN and EMULATE take the core's steady path.
+    batch = svmpmu.generate(300, 400, seed=31, mix=svmpmu.Mix.workload())
+    for trace in batch:
+        assert_same(trace, preset, timeline=False)
