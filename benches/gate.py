@@ -29,9 +29,11 @@ MEMORY_LIMIT = 1.2
 
 def run(scale: float, repeat: int) -> dict[str, dict]:
     out = {}
-    for case in measure.cases(scale):
+    cases = measure.cases(scale)
+    streaming = measure.baselines(cases)
+    for case in cases:
         seconds = measure.best_seconds(case.run, repeat)
-        base = measure.best_seconds(case.baseline, repeat)
+        base = streaming[case.data]
         out[case.name] = {
             "records_per_second": case.records / seconds,
             "ratio": seconds / base,

@@ -61,12 +61,15 @@ def stream_batch(b: svmpmu.TraceBatch) -> list:
 
 @dataclass(frozen=True)
 class Case:
-    """One measurement: ``run`` replays ``records`` records; ``baseline`` streams the same."""
+    """One measurement: ``run`` replays ``records`` records; ``baseline`` streams the same
+    records, and cases over the same records share ``data`` (the baseline is measured once
+    for them)."""
 
     name: str
     records: int
     run: Callable[[], object]
     baseline: Callable[[], object]
+    data: str
 
 
 def cases(scale: float = 1.0) -> list[Case]:
@@ -83,6 +86,7 @@ def cases(scale: float = 1.0) -> list[Case]:
                     n,
                     functools.partial(svmpmu.simulate, t, preset),
                     functools.partial(stream, t),
+                    kind,
                 )
             )
     b = batch(traces, length)
@@ -92,6 +96,7 @@ def cases(scale: float = 1.0) -> list[Case]:
             traces * length,
             functools.partial(svmpmu.simulate_batch, b, "final"),
             functools.partial(stream_batch, b),
+            "batch",
         )
     )
     out.append(
@@ -100,6 +105,7 @@ def cases(scale: float = 1.0) -> list[Case]:
             traces * length,
             functools.partial(svmpmu.generate, traces, length, seed=1),
             functools.partial(stream_batch, b),
+            "batch",
         )
     )
     out.append(
@@ -108,9 +114,19 @@ def cases(scale: float = 1.0) -> list[Case]:
             traces * length,
             functools.partial(svmpmu.fuzz, "final", traces=traces, length=length, seed=1),
             functools.partial(stream_batch, b),
+            "batch",
         )
     )
     return out
+
+
+def baselines(all_cases: list[Case], repeat: int = 50) -> dict[str, float]:
+    """The streaming baseline's best time for each set of records the cases use. It is short
+    and sensitive to what ran before it, hence many runs, twice, keeping the better."""
+    first = {c.data: c for c in all_cases}
+    return {
+        data: min(best_seconds(c.baseline, repeat) for _ in range(2)) for data, c in first.items()
+    }
 
 
 def peak_memory_ratio(length: int = 100_000_000) -> dict:

@@ -1249,8 +1249,11 @@ mod tests {
     fn steady_stretches_count_as_record_by_record() {
         // simulate() replays steady stretches on their own path; simulate_valid() goes record
         // by record. Mixes with long stretches, wraps and READs inside them.
-        let mut mix = Mix::default();
-        mix.ops = [0; 15];
+        let mut mix = Mix {
+            ops: [0; 15],
+            run_huge: 50,
+            ..Mix::default()
+        };
         for (o, w) in [
             (op::RUN, 480),
             (op::EMULATE, 420),
@@ -1265,7 +1268,6 @@ mod tests {
         ] {
             mix.ops[o as usize] = w;
         }
-        mix.run_huge = 50;
         for m in [mix, Mix::default()] {
             let g = Generator::new(m, 6).unwrap();
             for i in 0..300 {
