@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 use crate::error::CoreError;
 use crate::model::Policy;
-use crate::sim::{simulate, SimResult};
-use crate::trace::{check_n_pmcs, TraceRef};
+use crate::sim::{simulate_into, FinalSlots};
+use crate::trace::{check_n_pmcs, validate, TraceRef};
 
 /// Per-trace results, flattened: `counters[t * n_pmcs + i]` is PMC i of trace t, and the READ
 /// values of trace t are `reads[read_offsets[t]..read_offsets[t + 1]]`.
@@ -44,38 +44,79 @@ pub fn simulate_batch(
     check_n_pmcs(n_pmcs)?;
     check_offsets(offsets, t.len())?;
     let n = offsets.len() - 1;
-    let results: Vec<Result<SimResult, CoreError>> = (0..n)
-        .into_par_iter()
-        .with_min_len(64)
-        .map(|k| {
-            let (s, e) = (offsets[k] as usize, offsets[k + 1] as usize);
-            simulate(&t.slice(s..e), policy, n_pmcs, false).map_err(|err| match err {
-                CoreError::Trace { index, reason } => CoreError::Trace {
-                    index: s + index,
-                    reason: format!("trace {k}, record {index}: {reason}"),
-                },
-                other => other,
-            })
-        })
-        .collect();
     let mut out = BatchResult {
         n_traces: n,
-        counters: Vec::with_capacity(n * n_pmcs),
-        eventsel_hw: Vec::with_capacity(n * n_pmcs),
-        overflows: Vec::with_capacity(n * n_pmcs),
-        pmis: Vec::with_capacity(n * n_pmcs),
+        counters: vec![0; n * n_pmcs],
+        eventsel_hw: vec![0; n * n_pmcs],
+        overflows: vec![0; n * n_pmcs],
+        pmis: vec![0; n * n_pmcs],
         reads: Vec::new(),
         read_offsets: Vec::with_capacity(n + 1),
     };
+    if n == 0 {
+        out.read_offsets.push(0);
+        return Ok(out);
+    }
+    // Tasks of TRACES_PER_TASK traces write their final values straight into the outputs and
+    // their READ values into one buffer each: no allocation per trace.
+    const TRACES_PER_TASK: usize = 256;
+    let per = TRACES_PER_TASK * n_pmcs;
+    let tasks: Vec<Result<(Vec<u64>, Vec<u64>), usize>> = out
+        .counters
+        .par_chunks_mut(per)
+        .zip(out.eventsel_hw.par_chunks_mut(per))
+        .zip(out.overflows.par_chunks_mut(per))
+        .zip(out.pmis.par_chunks_mut(per))
+        .enumerate()
+        .map(|(c, (((counters, eventsel_hw), overflows), pmis))| {
+            let mut reads = Vec::new();
+            let mut read_counts = Vec::with_capacity(TRACES_PER_TASK);
+            let slots = counters
+                .chunks_mut(n_pmcs)
+                .zip(eventsel_hw.chunks_mut(n_pmcs))
+                .zip(overflows.chunks_mut(n_pmcs))
+                .zip(pmis.chunks_mut(n_pmcs));
+            for (j, (((counters, eventsel_hw), overflows), pmis)) in slots.enumerate() {
+                let k = c * TRACES_PER_TASK + j;
+                let (s, e) = (offsets[k] as usize, offsets[k + 1] as usize);
+                let before = reads.len();
+                let slots = FinalSlots {
+                    counters,
+                    eventsel_hw,
+                    overflows,
+                    pmis,
+                };
+                if !simulate_into(&t.slice(s..e), policy, n_pmcs, &mut reads, slots) {
+                    return Err(k);
+                }
+                read_counts.push((reads.len() - before) as u64);
+            }
+            Ok((reads, read_counts))
+        })
+        .collect();
     out.read_offsets.push(0);
-    for r in results {
-        let r = r?;
-        out.counters.extend_from_slice(&r.counters);
-        out.eventsel_hw.extend_from_slice(&r.eventsel_hw);
-        out.overflows.extend_from_slice(&r.overflows);
-        out.pmis.extend_from_slice(&r.pmis);
-        out.reads.extend_from_slice(&r.reads);
-        out.read_offsets.push(out.reads.len() as u64);
+    for task in tasks {
+        match task {
+            Ok((reads, counts)) => {
+                out.reads.extend_from_slice(&reads);
+                for c in counts {
+                    let last = *out.read_offsets.last().unwrap_or(&0);
+                    out.read_offsets.push(last + c);
+                }
+            }
+            Err(k) => {
+                // The lowest invalid trace: name its first invalid record.
+                let (s, e) = (offsets[k] as usize, offsets[k + 1] as usize);
+                return Err(match validate(&t.slice(s..e), n_pmcs) {
+                    Err(CoreError::Trace { index, reason }) => CoreError::Trace {
+                        index: s + index,
+                        reason: format!("trace {k}, record {index}: {reason}"),
+                    },
+                    Err(other) => other,
+                    Ok(()) => CoreError::Value(format!("trace {k} is invalid")),
+                });
+            }
+        }
     }
     Ok(out)
 }

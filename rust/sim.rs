@@ -947,6 +947,46 @@ fn replay_checked<M: Model>(
     ok
 }
 
+/// Where one trace's final per-PMC values go (each slice `n_pmcs` long).
+pub struct FinalSlots<'a> {
+    pub counters: &'a mut [u64],
+    pub eventsel_hw: &'a mut [u64],
+    pub overflows: &'a mut [u64],
+    pub pmis: &'a mut [u64],
+}
+
+fn checked_into<M: Model>(
+    mut m: M,
+    t: &TraceRef<'_>,
+    n_pmcs: usize,
+    reads: &mut Vec<u64>,
+    out: FinalSlots<'_>,
+) -> bool {
+    if !replay_checked(&mut m, t, n_pmcs, reads) {
+        return false;
+    }
+    out.counters.copy_from_slice(&m.counters()[..n_pmcs]);
+    out.eventsel_hw.copy_from_slice(&m.eventsel_hw()[..n_pmcs]);
+    out.overflows.copy_from_slice(&m.overflows()[..n_pmcs]);
+    out.pmis.copy_from_slice(&m.pmis()[..n_pmcs]);
+    true
+}
+
+/// [`simulate`] without allocating: the final values go to `out`, the READ values are
+/// appended to `reads`. False (and garbage in `out` and `reads`) if the trace is invalid.
+pub fn simulate_into(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    n_pmcs: usize,
+    reads: &mut Vec<u64>,
+    out: FinalSlots<'_>,
+) -> bool {
+    match AnyModel::new(policy, n_pmcs) {
+        AnyModel::Kvm(m) => checked_into(m, t, n_pmcs, reads, out),
+        AnyModel::Arch(m) => checked_into(m, t, n_pmcs, reads, out),
+    }
+}
+
 fn run_checked<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize) -> Option<SimResult> {
     let mut reads = Vec::with_capacity(count_reads(t));
     replay_checked(&mut m, t, n_pmcs, &mut reads)
