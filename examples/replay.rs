@@ -22,7 +22,13 @@ fn main() {
         mix.ops[_core::model::op::EMULATE as usize] = 450;
         mix.ops[_core::model::op::VMENTRY as usize] = 50;
     }
+    let start = Instant::now();
     let buf = Generator::new(mix, 6).expect("mix").trace(seed, 0, n);
+    let g = start.elapsed().as_secs_f64();
+    println!(
+        "generate: {:.1} M records/s (one trace, one thread)",
+        n as f64 / g / 1e6
+    );
     let t = buf.as_ref();
     let start = Instant::now();
     _core::trace::validate(&t, 6).expect("valid");

@@ -20,6 +20,9 @@ pub struct BatchResult {
     pub read_offsets: Vec<u64>,
 }
 
+/// A task's READ values and READ count per trace, or the first invalid trace it met.
+type TaskResult = Result<(Vec<u64>, Vec<u64>), usize>;
+
 /// Check that `offsets` cut `len` records into traces.
 pub fn check_offsets(offsets: &[u64], len: usize) -> Result<(), CoreError> {
     let bad = |m: String| Err(CoreError::Value(m));
@@ -61,7 +64,7 @@ pub fn simulate_batch(
     // their READ values into one buffer each: no allocation per trace.
     const TRACES_PER_TASK: usize = 256;
     let per = TRACES_PER_TASK * n_pmcs;
-    let tasks: Vec<Result<(Vec<u64>, Vec<u64>), usize>> = out
+    let tasks: Vec<TaskResult> = out
         .counters
         .par_chunks_mut(per)
         .zip(out.eventsel_hw.par_chunks_mut(per))

@@ -31,32 +31,6 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-
-    /// Uniform in `0..n` (n > 0), by Lemire's multiply-shift (bias below 2^-32 for small n).
-    #[inline(always)]
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() >> 32) * n) >> 32
-    }
-
-    /// True with probability `permille / 1000`.
-    #[inline(always)]
-    pub fn chance(&mut self, permille: u32) -> bool {
-        self.below(1000) < permille as u64
-    }
-
-    /// An index drawn with the given weights (at least one non-zero).
-    #[inline]
-    pub fn weighted(&mut self, weights: &[u32]) -> usize {
-        let total: u64 = weights.iter().map(|&w| w as u64).sum();
-        let mut x = self.below(total);
-        for (i, &w) in weights.iter().enumerate() {
-            if x < w as u64 {
-                return i;
-            }
-            x -= w as u64;
-        }
-        weights.len() - 1
-    }
 }
 
 /// What the generator draws, and how often (docs: README "Generator mix").
@@ -136,7 +110,6 @@ impl Default for Mix {
 
 /// Slots of an op table: ops are drawn with a resolution of 1/4096.
 pub const OP_SLOTS: usize = 4096;
-type OpTables = Box<[[u8; OP_SLOTS]; 4]>;
 
 /// The third event a mix can draw: cycles not in halt (0x076).
 pub const OTHER_EVENT: u32 = 0x076;
@@ -214,66 +187,102 @@ impl Mix {
         Ok(())
     }
 
-    /// Per mode state, a table of `OP_SLOTS` ops in which each op valid in that state holds
-    /// a share of slots proportional to its weight: drawing an op is one lookup. Weights are
-    /// thus resolved to 1/4096 of the total of the valid ops' weights.
-    fn op_tables(&self) -> OpTables {
-        let mut t = Box::new([[0u8; OP_SLOTS]; 4]);
-        for (state, row) in t.iter_mut().enumerate() {
-            let mut w = [0u64; op::COUNT];
-            for (o, slot) in w.iter_mut().enumerate() {
-                let probe = Record {
-                    op: o as u8,
-                    ..Record::default()
-                };
-                if is_valid(probe, state as u8, MAX_PMCS) {
-                    *slot = self.ops[o] as u64;
-                }
-            }
-            let total: u64 = w.iter().sum();
-            if total == 0 {
-                continue; // state 2 (svme = 0 in guest mode) never occurs
-            }
-            for (s, out) in row.iter_mut().enumerate() {
-                // The op whose cumulative weight range holds the slot's midpoint.
-                let x = (2 * s as u64 + 1) * total / (2 * OP_SLOTS as u64);
-                let mut acc = 0;
-                for (o, &wo) in w.iter().enumerate() {
-                    acc += wo;
-                    if x < acc {
-                        *out = o as u8;
-                        break;
+    /// The lookup tables of this mix (see [`Tables`]).
+    fn tables(&self) -> Tables {
+        let mut ops = Box::new([[0u8; OP_SLOTS]; 4]);
+        for (state, row) in ops.iter_mut().enumerate() {
+            let w: Vec<u32> = (0..op::COUNT)
+                .map(|o| {
+                    let probe = Record {
+                        op: o as u8,
+                        ..Record::default()
+                    };
+                    if is_valid(probe, state as u8, MAX_PMCS) {
+                        self.ops[o]
+                    } else {
+                        0
                     }
-                }
+                })
+                .collect();
+            // State 2 (svme = 0 in guest mode) never occurs and keeps an empty row.
+            if w.iter().any(|&x| x != 0) {
+                fill_slots(row, &w);
             }
         }
+        let mut t = Tables {
+            ops,
+            event: [0; 256],
+            cpl_bits: [0; 256],
+            hg: [0; 256],
+            filter: [0; 256],
+        };
+        fill_slots(&mut t.event, &self.events);
+        fill_slots(&mut t.cpl_bits, &self.cpl_bits);
+        fill_slots(&mut t.hg, &self.hg);
+        fill_slots(&mut t.filter, &self.filter);
         t
     }
 }
 
-fn event(rng: &mut Rng, mix: &Mix) -> u32 {
-    [INSTRUCTIONS_RETIRED, BRANCHES_RETIRED, OTHER_EVENT][rng.weighted(&mix.events)]
+/// Fill `slots` with indices into `weights`, each index holding a share of the slots in
+/// proportion to its weight (the index whose cumulative range holds each slot's midpoint).
+fn fill_slots(slots: &mut [u8], weights: &[u32]) {
+    let total: u64 = weights.iter().map(|&w| w as u64).sum();
+    let n = slots.len() as u64;
+    for (s, out) in slots.iter_mut().enumerate() {
+        let x = (2 * s as u64 + 1) * total / (2 * n);
+        let mut acc = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            acc += w as u64;
+            if x < acc {
+                *out = i as u8;
+                break;
+            }
+        }
+    }
 }
 
-fn selector(rng: &mut Rng, mix: &Mix) -> u64 {
-    if rng.chance(mix.zero_selector) {
-        return 0;
-    }
-    let e = event(rng, mix) as u64;
-    let mut v = (e & 0xFF) | (e >> 8) << 32;
-    v |= [OS | USR, OS, USR, 0][rng.weighted(&mix.cpl_bits)];
-    v |= [0, GUEST_ONLY, HOST_ONLY, GUEST_ONLY | HOST_ONLY][rng.weighted(&mix.hg)];
-    if rng.chance(mix.enable) {
-        v |= EN;
-    }
-    if rng.chance(mix.interrupt) {
-        v |= INT;
-    }
-    if rng.chance(mix.reserved_junk) {
-        // Bits 19, 21 and 36..63 except H/G: a write must drop them.
-        v |= rng.next_u64() & 0xFFFF_FCF0_0028_0000;
-    }
-    v
+/// A mix as lookup tables, so that every draw is a few random bits and one lookup: ops by
+/// mode state (1/4096 resolution), and the small weighted choices (1/256 resolution).
+#[derive(Clone, Debug)]
+struct Tables {
+    ops: Box<[[u8; OP_SLOTS]; 4]>,
+    event: [u8; 256],
+    cpl_bits: [u8; 256],
+    hg: [u8; 256],
+    filter: [u8; 256],
+}
+
+const EVENTS: [u32; 3] = [INSTRUCTIONS_RETIRED, BRANCHES_RETIRED, OTHER_EVENT];
+/// The OS/USR bits of `Mix::cpl_bits`, in its order.
+const CPL_BITS: [u64; 4] = [OS | USR, OS, USR, 0];
+/// The H/G bits of `Mix::hg`, in its order.
+const HG_BITS: [u64; 4] = [0, GUEST_ONLY, HOST_ONLY, GUEST_ONLY | HOST_ONLY];
+
+/// True with probability about `permille / 1000`, from 10 random bits (resolution 1/1024).
+#[inline(always)]
+fn chance(bits: u64, permille: u32) -> bool {
+    ((bits & 1023) * 1000) >> 10 < permille as u64
+}
+
+/// `0..n` from 32 random bits.
+#[inline(always)]
+fn below(bits: u64, n: u64) -> u64 {
+    ((bits & 0xFFFF_FFFF) * n) >> 32
+}
+
+/// What each op's record uses, for the branch-free assembly of a record.
+const USES_PMC: u16 = 1 << op::WRMSR_EVTSEL | 1 << op::WRMSR_CTR | 1 << op::READ;
+const USES_CPL: u16 = 1 << op::EMULATE | 1 << op::RUN;
+
+#[inline(always)]
+fn when(o: u8, ops: u16) -> u64 {
+    (((ops >> o) & 1) as u64).wrapping_neg()
+}
+
+#[inline(always)]
+fn is(o: u8, which: u8) -> u64 {
+    ((o == which) as u64).wrapping_neg()
 }
 
 /// Append one random valid record for mode state `state` to `buf`; returns the next state.
@@ -281,77 +290,86 @@ fn selector(rng: &mut Rng, mix: &Mix) -> u64 {
 fn push_record(
     rng: &mut Rng,
     mix: &Mix,
-    tables: &[[u8; OP_SLOTS]; 4],
+    t: &Tables,
     state: u8,
     n_pmcs: usize,
     buf: &mut impl RecordSink,
 ) -> u8 {
-    let o = tables[state as usize][(rng.next_u64() >> 52) as usize];
-    let mut r = Record {
-        op: o,
-        ..Record::default()
+    // Four random words; every field of every op is drawn from them and the record keeps the
+    // fields its op uses. There is no branch on the op: on random op sequences one would
+    // mispredict on almost every record. Fields of one op come from disjoint bits.
+    let (a, b, c, d) = (
+        rng.next_u64(),
+        rng.next_u64(),
+        rng.next_u64(),
+        rng.next_u64(),
+    );
+    let o = t.ops[state as usize][(a >> 52) as usize];
+    let all = (1u64 << n_pmcs) - 1;
+    // a: the op, PMC, CPL, branch flag, the RUN event, the EFER and nested-state flags.
+    let pmc = (((a >> 36) & 0xFFFF) * n_pmcs as u64) >> 16;
+    let cpl = if chance(a >> 26, mix.kernel) { 0 } else { 3 };
+    let branch = chance(a >> 16, mix.branch) as u64;
+    let event = EVENTS[t.event[((a >> 8) & 255) as usize] as usize] as u64;
+    let svme_bit = (a >> 7) & 1;
+    let nested_bit = (a >> 6) & 1 & (state as u64 & 1); // guest mode needs SVME
+                                                        // b: a selector.
+    let sel_event = EVENTS[t.event[((b >> 10) & 255) as usize] as usize] as u64;
+    let mut sel = (sel_event & 0xFF) | (sel_event >> 8) << 32;
+    sel |= CPL_BITS[t.cpl_bits[((b >> 18) & 255) as usize] as usize];
+    sel |= HG_BITS[t.hg[((b >> 26) & 255) as usize] as usize];
+    sel |= EN & (chance(b >> 34, mix.enable) as u64).wrapping_neg();
+    sel |= INT & (chance(b >> 44, mix.interrupt) as u64).wrapping_neg();
+    // Bits 19, 21 and 36..63 except H/G, which a write must drop.
+    sel |= c & 0xFFFF_FCF0_0028_0000 & (chance(b >> 54, mix.reserved_junk) as u64).wrapping_neg();
+    sel &= !(chance(b, mix.zero_selector) as u64).wrapping_neg();
+    // c: a counter value, a global control value, a filter; c and d: a RUN's n.
+    let ctr = if chance(c, mix.ctr_near_wrap) {
+        COUNTER_MASK - ((c >> 10) & 0xFFF)
+    } else {
+        (c >> 22) & 0xF_FFFF
     };
-    let cpl = |rng: &mut Rng| if rng.chance(mix.kernel) { 0 } else { 3 };
-    match o {
-        op::WRMSR_EVTSEL => {
-            r.pmc = rng.below(n_pmcs as u64) as u8;
-            r.value = selector(rng, mix);
-        }
-        op::WRMSR_CTR => {
-            r.pmc = rng.below(n_pmcs as u64) as u8;
-            r.value = if rng.chance(mix.ctr_near_wrap) {
-                COUNTER_MASK - rng.below(1 << 12)
-            } else {
-                rng.below(1 << 20)
-            };
-        }
-        op::WRMSR_GLOBAL_CTRL => {
-            r.value = if rng.chance(mix.global_all) {
-                (1 << n_pmcs) - 1
-            } else {
-                rng.below(1 << n_pmcs)
-            };
-        }
-        op::WRMSR_EFER => r.flag = rng.below(2) as u8,
-        op::SET_NESTED_STATE => r.flag = (state & 1 != 0 && rng.below(2) == 1) as u8,
-        op::SET_FILTER => {
-            r.flag = [filter::NONE, filter::ALLOW, filter::DENY][rng.weighted(&mix.filter)];
-            r.key = if r.flag == filter::NONE {
-                0
-            } else {
-                event(rng, mix)
-            };
-        }
-        op::EMULATE => {
-            r.cpl = cpl(rng);
-            r.flag = rng.chance(mix.branch) as u8;
-        }
-        op::RUN => {
-            r.cpl = cpl(rng);
-            r.key = event(rng, mix);
-            r.value = if rng.chance(mix.run_huge) {
-                (1 << 47) + rng.below(1 << 47)
-            } else {
-                1 + rng.below(mix.run_max)
-            };
-        }
-        op::READ => r.pmc = rng.below(n_pmcs as u64) as u8,
-        _ => {}
-    }
+    let gctl = if chance(c >> 42, mix.global_all) {
+        all
+    } else {
+        (c >> 52) & all
+    };
+    let action = t.filter[(c & 255) as usize] as u64;
+    let filter_event = EVENTS[t.event[((c >> 8) & 255) as usize] as usize] as u64;
+    let n = if chance(c, mix.run_huge) {
+        (1 << 47) + ((c >> 10) & ((1 << 47) - 1))
+    } else {
+        1 + below(d, mix.run_max)
+    };
+    let filter_key = filter_event & ((action != filter::NONE as u64) as u64).wrapping_neg();
+    let r = Record {
+        op: o,
+        pmc: (pmc & when(o, USES_PMC)) as u8,
+        cpl: (cpl & when(o, USES_CPL)) as u8,
+        flag: ((svme_bit & is(o, op::WRMSR_EFER))
+            | (nested_bit & is(o, op::SET_NESTED_STATE))
+            | (action & is(o, op::SET_FILTER))
+            | (branch & is(o, op::EMULATE))) as u8,
+        key: ((event & is(o, op::RUN)) | (filter_key & is(o, op::SET_FILTER))) as u32,
+        value: (sel & is(o, op::WRMSR_EVTSEL))
+            | (ctr & is(o, op::WRMSR_CTR))
+            | (gctl & is(o, op::WRMSR_GLOBAL_CTRL))
+            | (n & is(o, op::RUN)),
+    };
     debug_assert!(is_valid(r, state, n_pmcs));
     buf.push(r);
     next_state(r, state)
 }
 
 /// Generate trace `index` of the batch seeded by `seed` and append it to `buf`.
-pub fn generate_into(
+fn generate_into(
     buf: &mut impl RecordSink,
     seed: u64,
     index: u64,
     length: usize,
     n_pmcs: usize,
     mix: &Mix,
-    tables: &[[u8; OP_SLOTS]; 4],
+    tables: &Tables,
 ) {
     let mut rng = Rng::for_trace(seed, index);
     let mut state = STATE_RESET;
@@ -401,7 +419,7 @@ impl RecordSink for SliceSink<'_> {
 #[derive(Clone, Debug)]
 pub struct Generator {
     pub mix: Mix,
-    tables: OpTables,
+    tables: Tables,
     pub n_pmcs: usize,
 }
 
@@ -409,7 +427,7 @@ impl Generator {
     pub fn new(mix: Mix, n_pmcs: usize) -> Result<Self, CoreError> {
         mix.check()?;
         crate::trace::check_n_pmcs(n_pmcs)?;
-        let tables = mix.op_tables();
+        let tables = mix.tables();
         Ok(Generator {
             mix,
             tables,

@@ -27,7 +27,9 @@ def _default(name: str) -> Any:
 class Mix:
     """What the generator draws, and how often. Defaults are the generator's own.
 
-    Weights are relative; per-mille fields are chances out of 1000. Ops that are invalid in the
+    Weights are relative (the generator resolves op weights to 1/4096 of their total and the
+    other weighted choices to 1/256); per-mille fields are chances out of 1000 (resolved to
+    1/1024). Each record is drawn from four random words. Ops that are invalid in the
     current mode (VMRUN in guest mode, VMEXIT in host mode, ...) are left out of each draw, so
     only valid traces come out. Override with :func:`dataclasses.replace` or :meth:`with_ops`.
     """
