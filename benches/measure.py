@@ -145,11 +145,12 @@ print(json.dumps({{"peak_bytes": peak, "trace_bytes": trace.nbytes}}))
     return data
 
 
-def oracle_ratio(length: int = 20_000) -> dict:
-    """The oracle's time over the core's on the same small random trace, and both rates."""
+def oracle_ratio(length: int = 20_000, kind: str = "random") -> dict:
+    """The oracle's time over the core's on the same small trace (``random`` or
+    ``workload``), and both rates."""
     import svmpmu.oracle
 
-    t = random_trace(length, seed=2)
+    t = (random_trace if kind == "random" else workload_trace)(length, seed=2)
     core = best_seconds(functools.partial(svmpmu.simulate, t, "final"), repeat=20)
     start = time.perf_counter()
     svmpmu.oracle.simulate(t, "final")
