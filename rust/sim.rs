@@ -380,6 +380,27 @@ pub trait Model {
     ) -> (usize, bool);
 }
 
+/// The `Model` methods that only read the shared architectural state, for both models.
+macro_rules! pmu_accessors {
+    () => {
+        fn eventsel(&self) -> &[u64; LANES] {
+            &self.pmu.eventsel
+        }
+        fn mode(&self) -> (bool, bool) {
+            (self.pmu.svme, self.pmu.guest)
+        }
+        fn counters(&self) -> [u64; MAX_PMCS] {
+            self.pmu.counters()
+        }
+        fn overflows(&self) -> [u64; MAX_PMCS] {
+            self.pmu.overflows()
+        }
+        fn pmis(&self) -> [u64; MAX_PMCS] {
+            self.pmu.pmis()
+        }
+    };
+}
+
 /// The KVM model (model.md section 6).
 #[derive(Clone, Debug)]
 pub struct Kvm {
@@ -601,25 +622,10 @@ impl Model for Kvm {
         self.step_record(r, reads)
     }
 
-    fn eventsel(&self) -> &[u64; LANES] {
-        &self.pmu.eventsel
-    }
-
     fn hw_enabled(&self) -> u8 {
         self.hw_en
     }
-    fn mode(&self) -> (bool, bool) {
-        (self.pmu.svme, self.pmu.guest)
-    }
-    fn counters(&self) -> [u64; MAX_PMCS] {
-        self.pmu.counters()
-    }
-    fn overflows(&self) -> [u64; MAX_PMCS] {
-        self.pmu.overflows()
-    }
-    fn pmis(&self) -> [u64; MAX_PMCS] {
-        self.pmu.pmis()
-    }
+    pmu_accessors!();
     fn replay_steady(
         &mut self,
         t: &TraceRef<'_>,
@@ -774,25 +780,10 @@ impl Model for Arch {
         self.step_record(r, reads)
     }
 
-    fn eventsel(&self) -> &[u64; LANES] {
-        &self.pmu.eventsel
-    }
-
     fn hw_enabled(&self) -> u8 {
         self.allowed(self.pmu.svme, self.pmu.guest) & self.pmu.filter_ok
     }
-    fn mode(&self) -> (bool, bool) {
-        (self.pmu.svme, self.pmu.guest)
-    }
-    fn counters(&self) -> [u64; MAX_PMCS] {
-        self.pmu.counters()
-    }
-    fn overflows(&self) -> [u64; MAX_PMCS] {
-        self.pmu.overflows()
-    }
-    fn pmis(&self) -> [u64; MAX_PMCS] {
-        self.pmu.pmis()
-    }
+    pmu_accessors!();
     fn replay_steady(
         &mut self,
         t: &TraceRef<'_>,
