@@ -138,7 +138,14 @@ impl Pmu {
         set(&mut self.usr, v & USR != 0);
         set(&mut self.instr, k == INSTRUCTIONS_RETIRED);
         set(&mut self.branch, k == BRANCHES_RETIRED);
-        self.update_filter_ok();
+        // The filter's verdict on this PMC alone (the others keep theirs).
+        let hit = k == self.filter_key;
+        let allowed = match self.filter_action {
+            filter::ALLOW => hit,
+            filter::DENY => !hit,
+            _ => true,
+        };
+        set(&mut self.filter_ok, allowed);
     }
 
     fn set_filter(&mut self, action: u8, k: u32) {
@@ -284,6 +291,11 @@ impl Steady {
 /// The ops a steady stretch is made of.
 const STEADY_OPS: u16 = 1 << op::RUN | 1 << op::EMULATE | 1 << op::VMENTRY | 1 << op::READ;
 
+#[inline(always)]
+fn is_steady(o: u8) -> bool {
+    o < 16 && (STEADY_OPS >> o) & 1 != 0
+}
+
 impl Pmu {
     /// Replay records from `start` for as long as they are RUN, EMULATE, VMENTRY or READ,
     /// under the masks `s`, checking them as the validator would. A real guest's trace is
@@ -314,7 +326,7 @@ impl Pmu {
             let v = values[i];
             // Other ops end the stretch; so does a huge RUN, which takes the exact path of
             // `add`.
-            if (STEADY_OPS >> (o & 15)) & 1 == 0 || o > 15 || (v >> FAST_ADD_BITS) != 0 {
+            if !is_steady(o) || (v >> FAST_ADD_BITS) != 0 {
                 break;
             }
             let (cpl, flag, key) = (cpls[i], flags[i], keys[i]);
@@ -928,8 +940,9 @@ fn replay_checked<M: Model>(
         ok &= is_valid(r, m.mode_state(), n_pmcs);
         m.step(r, reads);
         i += 1;
-        // After a VM-entry nothing is pending: replay the steady stretch that follows.
-        if r.op == op::RUN || r.op == op::VMENTRY {
+        // After a VM-entry nothing is pending: replay the steady stretch that follows (if the
+        // next record starts one; setting up the stretch costs more than one record).
+        if (r.op == op::RUN || r.op == op::VMENTRY) && i < n && is_steady(ops[i]) {
             let (next, good) = m.replay_steady(t, i, n_pmcs, reads);
             ok &= good;
             i = next;
