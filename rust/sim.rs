@@ -991,12 +991,6 @@ pub fn simulate_into(
     }
 }
 
-fn run_checked<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize) -> Option<SimResult> {
-    let mut reads = Vec::with_capacity(count_reads(t));
-    replay_checked(&mut m, t, n_pmcs, &mut reads)
-        .then(|| SimResult::from_model(&m, n_pmcs, reads, None))
-}
-
 /// Validate and replay one trace under a policy (model.md sections 4 to 8). Nothing of an
 /// invalid trace is returned: the error names its first invalid record.
 pub fn simulate(
@@ -1010,14 +1004,25 @@ pub fn simulate(
         validate(t, n_pmcs)?;
         return Ok(simulate_valid(t, policy, n_pmcs, true));
     }
-    let result = match AnyModel::new(policy, n_pmcs) {
-        AnyModel::Kvm(m) => run_checked(m, t, n_pmcs),
-        AnyModel::Arch(m) => run_checked(m, t, n_pmcs),
+    let mut r = SimResult {
+        counters: vec![0; n_pmcs],
+        eventsel_hw: vec![0; n_pmcs],
+        overflows: vec![0; n_pmcs],
+        pmis: vec![0; n_pmcs],
+        reads: Vec::with_capacity(count_reads(t)),
+        timeline: None,
     };
-    match result {
-        Some(r) => Ok(r),
+    let slots = FinalSlots {
+        counters: &mut r.counters,
+        eventsel_hw: &mut r.eventsel_hw,
+        overflows: &mut r.overflows,
+        pmis: &mut r.pmis,
+    };
+    if simulate_into(t, policy, n_pmcs, &mut r.reads, slots) {
+        Ok(r)
+    } else {
         // Locate and explain the first invalid record.
-        None => validate(t, n_pmcs).and(Err(CoreError::Value("invalid trace".into()))),
+        validate(t, n_pmcs).and(Err(CoreError::Value("invalid trace".into())))
     }
 }
 
