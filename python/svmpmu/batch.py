@@ -22,6 +22,8 @@ class TraceBatch:
     """
 
     __slots__ = ("columns_trace", "offsets")
+    columns_trace: Trace
+    offsets: np.ndarray
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .errors import PolicyError, TraceError
@@ -34,7 +35,8 @@ def _knob(text: str) -> tuple[str, object]:
 
 
 def _policy(preset: str, overrides: list[tuple[str, object]]) -> Policy:
-    return dataclasses.replace(resolve_policy(preset), **dict(overrides))
+    knobs: dict[str, Any] = dict(overrides)
+    return dataclasses.replace(resolve_policy(preset), **knobs)
 
 
 def _knob_option(

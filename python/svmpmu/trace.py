@@ -72,6 +72,12 @@ class Trace:
     """
 
     __slots__ = ("cpl", "flag", "key", "op", "pmc", "value")
+    op: np.ndarray
+    pmc: np.ndarray
+    cpl: np.ndarray
+    flag: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
 
     def __init__(
         self,
@@ -114,7 +120,7 @@ class Trace:
 
     def save(self, path: Any) -> None:
         """Write the trace to a ``.npz`` file (one array a column); :meth:`load` reads it."""
-        np.savez(path, **self.columns())
+        np.savez(path, **self.columns())  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Any) -> Trace:
