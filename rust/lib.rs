@@ -187,6 +187,20 @@ mod python {
         )
     }
 
+    /// count_masks(columns, policy, n_pmcs) -> uint8 array: per record, the PMCs it counted on.
+    #[pyfunction]
+    fn count_masks<'py>(
+        py: Python<'py>,
+        columns: Columns<'py>,
+        policy: &Bound<'py, PyAny>,
+        n_pmcs: usize,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let p = policy_from_py(policy)?;
+        let t = borrow_valid(py, &columns, n_pmcs)?;
+        let masks = py.detach(|| sim::count_masks(&t, &p, n_pmcs));
+        Ok(arr(py, masks))
+    }
+
     /// validate(columns, n_pmcs): raise TraceError for the first invalid record.
     #[pyfunction]
     fn validate(py: Python<'_>, columns: Columns<'_>, n_pmcs: usize) -> PyResult<()> {
@@ -448,8 +462,8 @@ mod python {
     mod _core {
         #[pymodule_export]
         use super::{
-            compare, default_mix, fuzz_range, generate, generate_one, shrink, signatures, simulate,
-            simulate_batch, validate,
+            compare, count_masks, default_mix, fuzz_range, generate, generate_one, shrink,
+            signatures, simulate, simulate_batch, validate,
         };
 
         #[pymodule_init]

@@ -1039,6 +1039,19 @@ pub fn simulate_valid(
     }
 }
 
+/// For each record of a (valid) trace, the PMCs it counted on under `policy` (what
+/// `Model::step` returns): which records a count comes from, for explaining a divergence.
+pub fn count_masks(t: &TraceRef<'_>, policy: &Policy, n_pmcs: usize) -> Vec<u8> {
+    fn run<M: Model>(mut m: M, t: &TraceRef<'_>) -> Vec<u8> {
+        let mut reads = Vec::new();
+        t.records().map(|r| m.step(r, &mut reads)).collect()
+    }
+    match AnyModel::new(policy, n_pmcs) {
+        AnyModel::Kvm(m) => run(m, t),
+        AnyModel::Arch(m) => run(m, t),
+    }
+}
+
 /// A policy and a reference replayed side by side (model.md section 8).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Comparison {

@@ -214,3 +214,16 @@ def test_oracle_cross_check_on_100k_generated_traces():
             assert np.array_equal(got.eventsel_hw, ref.eventsel_hw), (policy, i)
             assert np.array_equal(got.overflows, ref.overflows), (policy, i)
             assert np.array_equal(got.pmis, ref.pmis), (policy, i)
+
+
+def test_counterexamples_show_where_the_models_count_differently():
+    report = svmpmu.fuzz("v4", traces=20_000, length=64, seed=1)
+    for c in report.classes:
+        differ = np.flatnonzero(c.policy_counted != c.reference_counted)
+        # The class's own record is one where exactly one side counted.
+        assert any(int(c.reproducer.op[k]) == c.signature.op for k in differ)
+        text = c.format()
+        assert "<- policy counts on PMC" in text or "<- reference counts on PMC" in text
+        # The per-record masks agree with the core's count masks on the reproducer.
+        cols = tuple(c.reproducer.columns().values())
+        assert np.array_equal(svmpmu._core.count_masks(cols, report.policy, 6), c.policy_counted)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 __all__ = [
     "compare",
+    "count_masks",
     "default_mix",
     "fuzz_range",
     "generate",
@@ -46,6 +47,7 @@ def compare(
     columns: _Columns, policy: Any, reference: Any, n_pmcs: int
 ) -> tuple[bool, int | None, _Result, _Result]: ...
 def validate(columns: _Columns, n_pmcs: int) -> None: ...
+def count_masks(columns: _Columns, policy: Any, n_pmcs: int) -> _U8: ...
 def default_mix() -> dict[str, Any]: ...
 def generate(
     n_traces: int,

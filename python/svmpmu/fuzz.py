@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from . import _core
 from ._api import _check_run, _columns, compare
 from .mix import Mix
@@ -65,6 +67,10 @@ class DivergenceClass:
     original_length: int
     reproducer: Trace
     comparison: Comparison = field(repr=False)
+    policy_counted: np.ndarray = field(repr=False)
+    """Per record of the reproducer, the PMCs the policy counted on (bit i: PMC i)."""
+    reference_counted: np.ndarray = field(repr=False)
+    """The same for the reference."""
 
     def format(self) -> str:
         """The counterexample: the records, and what the reference (expected) and the policy
@@ -75,7 +81,9 @@ class DivergenceClass:
             f"  {self.count} traces; first is trace {self.trace_index} "
             f"({self.original_length} records), shrunk to {len(self.reproducer)}:",
         ]
-        lines += ["  " + line for line in self.reproducer.format(None).splitlines()]
+        for k, line in enumerate(self.reproducer.format(None).splitlines()):
+            note = _who_counted(self.policy_counted[k], self.reference_counted[k])
+            lines.append(("  " + line).ljust(56) + note if note else "  " + line)
         lines.append(f"  {'pmc':>5}  {'expected':>16}  {'observed':>16}")
         for i in range(c.policy.n_pmcs):
             exp, obs = int(c.reference.counters[i]), int(c.policy.counters[i])
@@ -104,6 +112,8 @@ class DivergenceClass:
             "trace_index": self.trace_index,
             "original_length": self.original_length,
             "reproducer": {k: v.tolist() for k, v in self.reproducer.columns().items()},
+            "policy_counted": self.policy_counted.tolist(),
+            "reference_counted": self.reference_counted.tolist(),
             "reproducer_text": [
                 line.split(None, 1)[1] for line in self.reproducer.format(None).splitlines()
             ],
@@ -113,6 +123,16 @@ class DivergenceClass:
             },
             "observed": {"counters": c.policy.counters.tolist(), "reads": c.policy.reads.tolist()},
         }
+
+
+def _who_counted(policy: int, reference: int) -> str:
+    """A note for a record at which the two models counted on different PMCs."""
+    notes = []
+    for who, mine, theirs in (("policy", policy, reference), ("reference", reference, policy)):
+        only = [i for i in range(8) if (int(mine) >> i) & 1 and not (int(theirs) >> i) & 1]
+        if only:
+            notes.append(f"{who} counts on PMC {', '.join(map(str, only))}")
+    return ("<- " + "; ".join(notes)) if notes else ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +259,7 @@ def fuzz(
     for sig, (count, first) in ordered:
         original = _regenerate(seed, first, length, n_pmcs, mix)
         small = Trace(*_core.shrink(_columns(original), sig, p, q, n_pmcs))
+        columns = _columns(small)
         found.append(
             DivergenceClass(
                 signature=Signature(*sig),
@@ -247,6 +268,8 @@ def fuzz(
                 original_length=len(original),
                 reproducer=small,
                 comparison=compare(small, p, q, n_pmcs=n_pmcs),
+                policy_counted=_core.count_masks(columns, p, n_pmcs),
+                reference_counted=_core.count_masks(columns, q, n_pmcs),
             )
         )
     return FuzzReport(
