@@ -10,13 +10,17 @@ pub enum CoreError {
     Policy(String),
     /// Any other bad argument (column lengths, n_pmcs, offsets).
     Value(String),
+    /// An allocation the arguments asked for failed (a trace too long for the memory).
+    Memory(String),
 }
 
 impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CoreError::Trace { index, reason } => write!(f, "record {index}: {reason}"),
-            CoreError::Policy(msg) | CoreError::Value(msg) => f.write_str(msg),
+            CoreError::Policy(msg) | CoreError::Value(msg) | CoreError::Memory(msg) => {
+                f.write_str(msg)
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
+use crate::error::CoreError;
 use crate::gen::Generator;
 use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY};
 use crate::sim::{AnyModel, Arch, Kvm, Model};
@@ -159,8 +160,8 @@ pub struct FuzzSpec {
 /// Traces per rayon task: large enough to amortise the task, small enough to balance 2 cores.
 const CHUNK: u64 = 512;
 
-fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Tally {
-    let mut buf = TraceBuf::with_capacity(spec.length);
+fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError> {
+    let mut buf = TraceBuf::try_with_capacity(spec.length)?;
     let mut s = Scratch::default();
     let mut tally = Tally::default();
     let n_pmcs = spec.generator.n_pmcs;
@@ -184,11 +185,11 @@ fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Tally {
             }
         }
     }
-    tally
+    Ok(tally)
 }
 
 /// Fuzz traces `start..end` of the run (in parallel on the current rayon pool).
-pub fn fuzz_range(spec: &FuzzSpec, start: u64, end: u64) -> Tally {
+pub fn fuzz_range(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError> {
     let chunks: Vec<(u64, u64)> = (start..end)
         .step_by(CHUNK as usize)
         .map(|s| (s, (s + CHUNK).min(end)))
@@ -196,7 +197,7 @@ pub fn fuzz_range(spec: &FuzzSpec, start: u64, end: u64) -> Tally {
     chunks
         .into_par_iter()
         .map(|(s, e)| fuzz_chunk(spec, s, e))
-        .reduce(Tally::default, Tally::merge)
+        .try_reduce(Tally::default, |a, b| Ok(a.merge(b)))
 }
 
 fn shows(

@@ -449,9 +449,15 @@ impl Generator {
     }
 
     pub fn trace(&self, seed: u64, index: u64, length: usize) -> TraceBuf {
-        let mut buf = TraceBuf::with_capacity(length);
+        self.try_trace(seed, index, length)
+            .expect("memory for the trace")
+    }
+
+    /// [`Generator::trace`], with an error rather than an abort when memory runs out.
+    pub fn try_trace(&self, seed: u64, index: u64, length: usize) -> Result<TraceBuf, CoreError> {
+        let mut buf = TraceBuf::try_with_capacity(length)?;
         self.trace_into(&mut buf, seed, index, length);
-        buf
+        Ok(buf)
     }
 }
 
@@ -463,7 +469,7 @@ impl Generator {
         let total = n_traces
             .checked_mul(length)
             .ok_or_else(|| CoreError::Value("n_traces * length is too large".into()))?;
-        let mut out = TraceBuf::zeroed(total);
+        let mut out = TraceBuf::try_zeroed(total)?;
         if total == 0 {
             return Ok(out);
         }

@@ -52,6 +52,7 @@ mod python {
             ),
             CoreError::Policy(msg) => build("PolicyError", PyTuple::new(py, [msg]).unwrap()),
             CoreError::Value(msg) => PyValueError::new_err(msg),
+            CoreError::Memory(msg) => pyo3::exceptions::PyMemoryError::new_err(msg),
         }
     }
 
@@ -332,7 +333,9 @@ mod python {
         mix: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let g = generator(py, mix, n_pmcs)?;
-        let buf = py.detach(|| g.trace(seed, index, length));
+        let buf = py
+            .detach(|| g.try_trace(seed, index, length))
+            .map_err(|e| to_py(py, e))?;
         columns_tuple(py, buf)
     }
 
@@ -414,7 +417,9 @@ mod python {
         if end < start {
             return Err(PyValueError::new_err("end < start"));
         }
-        let tally = py.detach(|| with_threads(threads, || fuzz::fuzz_range(&spec, start, end)))?;
+        let tally = py
+            .detach(|| with_threads(threads, || fuzz::fuzz_range(&spec, start, end)))?
+            .map_err(|e| to_py(py, e))?;
         let classes = PyList::empty(py);
         for (sig, c) in &tally.classes {
             classes.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;

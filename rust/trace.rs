@@ -132,16 +132,39 @@ impl TraceBuf {
         }
     }
 
-    /// `n` zero records (the allocation is zeroed lazily by the system).
-    pub fn zeroed(n: usize) -> Self {
-        TraceBuf {
-            op: vec![0; n],
-            pmc: vec![0; n],
-            cpl: vec![0; n],
-            flag: vec![0; n],
-            key: vec![0; n],
-            value: vec![0; n],
+    /// Room for `n` records, or an error if the memory cannot be had (`n` comes from users:
+    /// a failed allocation must be an error, not an abort).
+    pub fn try_with_capacity(n: usize) -> Result<Self, CoreError> {
+        fn column<T>(n: usize) -> Result<Vec<T>, CoreError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| {
+                CoreError::Memory(format!(
+                    "cannot allocate {n} records ({} bytes)",
+                    n.saturating_mul(16)
+                ))
+            })?;
+            Ok(v)
         }
+        Ok(TraceBuf {
+            op: column(n)?,
+            pmc: column(n)?,
+            cpl: column(n)?,
+            flag: column(n)?,
+            key: column(n)?,
+            value: column(n)?,
+        })
+    }
+
+    /// `n` zero records, or an error if the memory cannot be had.
+    pub fn try_zeroed(n: usize) -> Result<Self, CoreError> {
+        let mut t = TraceBuf::try_with_capacity(n)?;
+        t.op.resize(n, 0);
+        t.pmc.resize(n, 0);
+        t.cpl.resize(n, 0);
+        t.flag.resize(n, 0);
+        t.key.resize(n, 0);
+        t.value.resize(n, 0);
+        Ok(t)
     }
 
     pub fn push(&mut self, r: Record) {

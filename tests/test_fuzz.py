@@ -227,3 +227,12 @@ def test_counterexamples_show_where_the_models_count_differently():
         # The per-record masks agree with the core's count masks on the reproducer.
         cols = tuple(c.reproducer.columns().values())
         assert np.array_equal(svmpmu._core.count_masks(cols, report.policy, 6), c.policy_counted)
+
+
+def test_impossible_sizes_are_memory_errors_not_crashes(capsys):
+    with pytest.raises(MemoryError):
+        svmpmu.generate(1, 10**13, seed=1)
+    with pytest.raises(MemoryError):
+        svmpmu.fuzz("final", traces=2, length=10**13, seed=1)
+    assert cli_main(["fuzz", "--traces", "2", "--length", str(10**13), "--no-progress"]) == 2
+    assert "cannot allocate" in capsys.readouterr().err

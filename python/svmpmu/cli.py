@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _presets(out)
         parser.print_help(out)
         return 2
-    except (PolicyError, TraceError, ValueError, OSError) as e:
+    except (PolicyError, TraceError, ValueError, OSError, MemoryError) as e:
         print(f"svmpmu: error: {e}", file=sys.stderr)
         return 2
 
