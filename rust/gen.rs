@@ -268,7 +268,7 @@ fn chance(bits: u64, permille: u32) -> bool {
 /// `0..n` from 32 random bits.
 #[inline(always)]
 fn below(bits: u64, n: u64) -> u64 {
-    ((bits & 0xFFFF_FFFF) * n) >> 32
+    (((bits & 0xFFFF_FFFF) as u128 * n as u128) >> 32) as u64
 }
 
 /// What each op's record uses, for the branch-free assembly of a record.

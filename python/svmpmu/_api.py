@@ -31,9 +31,13 @@ def _n_pmcs(n_pmcs: int) -> int:
     return n_pmcs
 
 
+MAX_THREADS = 1024
+"""The most worker threads a call may ask for."""
+
+
 def _check_threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
-        raise ValueError("threads must be at least 1")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")
 
 
 def _check_run(n_traces: int, length: int, seed: int, threads: int | None) -> None:
