@@ -531,10 +531,10 @@ impl Kvm {
     }
 }
 
-impl Kvm {
+impl Model for Kvm {
     /// One record, by its op (model.md section 6).
     #[inline(always)]
-    fn step_record(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
         match r.op {
             op::RUN => {
                 self.vm_entry();
@@ -626,13 +626,6 @@ impl Kvm {
             }
         }
     }
-}
-
-impl Model for Kvm {
-    #[inline(always)]
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
-        self.step_record(r, reads)
-    }
 
     fn hw_enabled(&self) -> u8 {
         self.hw_en
@@ -701,10 +694,10 @@ impl Arch {
     }
 }
 
-impl Arch {
+impl Model for Arch {
     /// One record, by its op (model.md section 5).
     #[inline(always)]
-    fn step_record(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
+    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
         match r.op {
             op::RUN => {
                 let m = self.allowed(self.pmu.svme, self.pmu.guest)
@@ -783,13 +776,6 @@ impl Arch {
                 0
             }
         }
-    }
-}
-
-impl Model for Arch {
-    #[inline(always)]
-    fn step(&mut self, r: Record, reads: &mut Vec<u64>) -> u8 {
-        self.step_record(r, reads)
     }
 
     fn hw_enabled(&self) -> u8 {
