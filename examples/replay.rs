@@ -1,5 +1,5 @@
 //! Replay one generated trace through a preset, for profiling the hot loop without Python:
-//! `cargo run --release --no-default-features --example replay -- final 10000000 [seed [steady]]`.
+//! `cargo run --release --no-default-features --example replay -- final 10000000 [seed [steady|workload]]`.
 use _core::gen::{Generator, Mix};
 use _core::model::Policy;
 use _core::sim::{simulate, simulate_valid};
@@ -15,12 +15,19 @@ fn main() {
     let seed: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
     let policy = Policy::preset(preset).expect("preset");
     let mut mix = Mix::default();
-    if args.get(4).map(String::as_str) == Some("steady") {
-        // Only RUN, EMULATE and VMENTRY: one long steady stretch.
-        mix.ops = [0; 15];
-        mix.ops[_core::model::op::RUN as usize] = 500;
-        mix.ops[_core::model::op::EMULATE as usize] = 450;
-        mix.ops[_core::model::op::VMENTRY as usize] = 50;
+    match args.get(4).map(String::as_str) {
+        Some("steady") => {
+            // Only RUN, EMULATE and VMENTRY: one long steady stretch.
+            mix.ops = [0; 15];
+            mix.ops[_core::model::op::RUN as usize] = 500;
+            mix.ops[_core::model::op::EMULATE as usize] = 450;
+            mix.ops[_core::model::op::VMENTRY as usize] = 50;
+        }
+        Some("workload") => {
+            // The weights of Python's `Mix.workload()`, by op code.
+            mix.ops = [8, 2, 2, 2, 15, 1, 15, 1, 1, 1, 420, 480, 20, 20, 0];
+        }
+        _ => {}
     }
     let start = Instant::now();
     let buf = Generator::new(mix, 6).expect("mix").trace(seed, 0, n);

@@ -25,6 +25,7 @@ struct Pmu {
     filter_key: u32,
     eventsel: [u64; LANES],
     key: [u32; LANES],
+    index: KeyIndex,
     // Bitmasks over PMCs derived from `eventsel` and the filter.
     en: u8,
     host_only: u8,
@@ -68,6 +69,68 @@ static LANE_MASKS: [[u64; LANES]; 256] = {
     t
 };
 
+/// Slots of a [`KeyIndex`].
+const KEY_SLOTS: usize = 64;
+/// An empty slot: key `u32::MAX` (no selector has it: selector keys have 20 bits), no PMC.
+const EMPTY_SLOT: u64 = u32::MAX as u64;
+
+/// Which PMCs have a given selector key, in one table lookup: a direct-mapped table of the
+/// selectors' distinct keys, each slot holding `key | mask << 32` (mask: the PMCs with that
+/// key). A key whose slot holds another key (rare: at most six keys in 64 slots) stays out of
+/// the table; its PMC is listed in `spill` and matched by comparison.
+#[derive(Clone, Debug)]
+struct KeyIndex {
+    slots: [u64; KEY_SLOTS],
+    spill: u8,
+}
+
+#[inline(always)]
+fn key_slot(k: u32) -> usize {
+    // Fibonacci hashing: the top 6 bits of the key times 2^32 / golden ratio.
+    (k.wrapping_mul(0x9E37_79B1) >> 26) as usize
+}
+
+impl KeyIndex {
+    /// Every PMC in `all` with key 0 (a zero selector).
+    fn new(all: u8) -> Self {
+        let mut slots = [EMPTY_SLOT; KEY_SLOTS];
+        slots[key_slot(0)] = (all as u64) << 32;
+        KeyIndex { slots, spill: 0 }
+    }
+
+    /// The PMCs in the table whose key is `k`.
+    #[inline(always)]
+    fn lookup(&self, k: u32) -> u8 {
+        let e = self.slots[key_slot(k)];
+        (((e as u32) == k) as u8).wrapping_neg() & (e >> 32) as u8
+    }
+
+    /// The PMC of bit `b` changes its key from `old` to `new`.
+    fn rekey(&mut self, b: u8, old: u32, new: u32) {
+        if self.spill & b != 0 {
+            self.spill &= !b;
+        } else {
+            let s = &mut self.slots[key_slot(old)];
+            if *s as u32 == old {
+                let mask = (*s >> 32) as u8 & !b;
+                *s = if mask == 0 {
+                    EMPTY_SLOT
+                } else {
+                    old as u64 | (mask as u64) << 32
+                };
+            }
+        }
+        let s = &mut self.slots[key_slot(new)];
+        if *s as u32 == new {
+            *s |= (b as u64) << 32;
+        } else if *s == EMPTY_SLOT {
+            *s = new as u64 | (b as u64) << 32;
+        } else {
+            self.spill |= b;
+        }
+    }
+}
+
 impl Pmu {
     fn new(n_pmcs: usize) -> Self {
         let all = ((1u16 << n_pmcs) - 1) as u8;
@@ -80,6 +143,7 @@ impl Pmu {
             filter_key: 0,
             eventsel: [0; LANES],
             key: [0; LANES],
+            index: KeyIndex::new(all),
             en: 0,
             host_only: 0,
             guest_only: 0,
@@ -99,11 +163,21 @@ impl Pmu {
     /// PMCs whose selector key is `k`.
     #[inline(always)]
     fn key_match(&self, k: u32) -> u8 {
+        let m = self.index.lookup(k);
+        if self.index.spill == 0 {
+            return m;
+        }
+        m | self.key_compare(k, self.index.spill)
+    }
+
+    /// PMCs in `among` whose selector key is `k`, by comparing each.
+    #[cold]
+    fn key_compare(&self, k: u32, among: u8) -> u8 {
         let mut m = 0u8;
         for i in 0..LANES {
             m |= ((self.key[i] == k) as u8) << i;
         }
-        m & self.all
+        m & among
     }
 
     /// PMCs whose OS/USR bit matches `cpl`.
@@ -127,8 +201,11 @@ impl Pmu {
         self.settle(i);
         self.eventsel[i] = v;
         let k = selector_key(v);
-        self.key[i] = k;
         let b = 1u8 << i;
+        if b & self.all != 0 && self.key[i] != k {
+            self.index.rekey(b, self.key[i], k);
+        }
+        self.key[i] = k;
         let set = |mask: &mut u8, on: bool| *mask = (*mask & !b) | if on { b } else { 0 };
         set(&mut self.en, v & EN != 0);
         set(&mut self.host_only, v & HOST_ONLY != 0);
@@ -265,26 +342,44 @@ impl Pmu {
     }
 }
 
-/// Counting masks that hold as long as only RUN, EMULATE, VMENTRY and READ records follow
-/// (none of them changes a selector, the mode, the filter or what a VM-entry re-evaluates):
-/// `run[user]` for a RUN of a matching event, `emulate[user][branch]` for an emulated
-/// instruction, by whether the CPL is a user one.
+/// How the records of a steady stretch count. A stretch is made of RUN, EMULATE, VMENTRY and
+/// READ records only; none of them changes a selector, the mode, the filter or what a VM-entry
+/// re-evaluates, so within it a record counts on `select[c] & (matching | any[c])` PMCs, where
+/// `c` is its [`steady_class`] and `matching` the PMCs whose key is the record's.
 #[derive(Clone, Copy, Debug)]
 struct Steady {
-    run: [u8; 2],
-    emulate: [[u8; 2]; 2],
+    select: [u8; 16],
+    any: [u8; 16],
+}
+
+/// A record's class in a stretch: `(op & 3) << 2 | user << 1 | branch`. EMULATE (10), RUN (11)
+/// and VMENTRY (12) have distinct low bits.
+#[inline(always)]
+fn steady_class(o: u8, cpl: u8, flag: u8) -> usize {
+    ((o & 3) as usize) << 2 | ((cpl != 0) as usize) << 1 | (flag & 1) as usize
 }
 
 impl Steady {
     /// From the PMCs allowed to count a RUN and an emulated instruction in the current state.
     fn new(pmu: &Pmu, run_allowed: u8, emulate_allowed: u8) -> Steady {
-        let cpl = [pmu.os, pmu.usr];
-        let emulated = [pmu.instr, pmu.instr | pmu.branch];
+        let mut s = Steady {
+            select: [0; 16],
+            any: [0; 16],
+        };
         let gc = pmu.global_ctrl;
-        Steady {
-            run: cpl.map(|c| run_allowed & gc & c),
-            emulate: cpl.map(|c| emulated.map(|e| emulate_allowed & pmu.filter_ok & gc & c & e)),
+        for (user, cpl_bits) in [pmu.os, pmu.usr].into_iter().enumerate() {
+            for branch in 0..2 {
+                let run = steady_class(op::RUN, user as u8, branch);
+                s.select[run] = run_allowed & gc & cpl_bits;
+                // An emulated instruction counts on instructions retired, and on branches
+                // retired when it is a branch, whatever the record's key.
+                let emulate = steady_class(op::EMULATE, user as u8, branch);
+                let events = pmu.instr | if branch != 0 { pmu.branch } else { 0 };
+                s.select[emulate] = emulate_allowed & pmu.filter_ok & gc & cpl_bits & events;
+                s.any[emulate] = 0xFF;
+            }
         }
+        s
     }
 }
 
@@ -296,11 +391,31 @@ fn is_steady(o: u8) -> bool {
     o < 16 && (STEADY_OPS >> o) & 1 != 0
 }
 
+/// The fields a stretch's records are checked on, OR-ed together: a stretch is valid when no
+/// bit beyond a field's range is set (docs/semantics.md, "Validation").
+#[derive(Default)]
+struct StretchCheck {
+    /// CPLs of RUN and EMULATE records (0..3).
+    cpl: u8,
+    /// Flags of EMULATE records (0..1).
+    flag: u8,
+    /// Keys of RUN records (below 2^20).
+    key: u32,
+    /// A READ of a PMC beyond n_pmcs.
+    bad_pmc: bool,
+}
+
+impl StretchCheck {
+    fn ok(&self) -> bool {
+        self.cpl <= 3 && self.flag <= 1 && self.key < KEY_LIMIT && !self.bad_pmc
+    }
+}
+
 impl Pmu {
     /// Replay records from `start` for as long as they are RUN, EMULATE, VMENTRY or READ,
-    /// under the masks `s`, checking them as the validator would. A real guest's trace is
-    /// mostly such stretches; here a record costs a few masks and lane adds and no branch on
-    /// its op. Returns where the stretch ended and whether all its records were valid.
+    /// under `s`, checking them as the validator would. A real guest's trace is mostly such
+    /// stretches; here a record costs a table lookup, a few masks and lane adds, and no branch
+    /// on its op. Returns where the stretch ended and whether all its records were valid.
     #[inline(never)]
     fn replay_steady(
         &mut self,
@@ -310,54 +425,77 @@ impl Pmu {
         n_pmcs: usize,
         reads: &mut Vec<u64>,
     ) -> (usize, bool) {
-        let n = t.len();
-        let (ops, pmcs, cpls) = (&t.op[..n], &t.pmc[..n], &t.cpl[..n]);
-        let (flags, keys, values) = (&t.flag[..n], &t.key[..n], &t.value[..n]);
-        let mut bad = false;
-        let mut i = start;
-        // Counters and keys in locals, so that they can live in registers for the stretch.
-        let mut raw = self.raw;
-        let keys_of_pmcs = self.key;
-        let all = self.all;
         let adds_left = SETTLE_EVERY.saturating_sub(self.adds_since_settle) as usize;
-        let end = n.min(start.saturating_add(adds_left));
+        let end = t.len().min(start.saturating_add(adds_left));
+        let mut check = StretchCheck::default();
+        let mut i = start;
+        loop {
+            i = if self.index.spill == 0 {
+                self.count_stretch::<true>(s, t, i, end, &mut check)
+            } else {
+                self.count_stretch::<false>(s, t, i, end, &mut check)
+            };
+            if i >= end || t.op[i] != op::READ {
+                break;
+            }
+            let pmc = t.pmc[i];
+            check.bad_pmc |= pmc as usize >= n_pmcs;
+            reads.push(self.read(pmc as usize));
+            i += 1;
+        }
+        // READs counted as adds too: a bound, not a count.
+        self.adds_since_settle += (i - start) as u32;
+        (i, check.ok())
+    }
+
+    /// The RUN, EMULATE and VMENTRY records from `start` on (up to `end`), counted with the
+    /// counters in registers; returns where they end. `INDEXED`: every key is in the table.
+    #[inline(always)]
+    fn count_stretch<const INDEXED: bool>(
+        &mut self,
+        s: &Steady,
+        t: &TraceRef<'_>,
+        start: usize,
+        end: usize,
+        check: &mut StretchCheck,
+    ) -> usize {
+        let (ops, cpls, flags) = (&t.op[..end], &t.cpl[..end], &t.flag[..end]);
+        let (keys, values) = (&t.key[..end], &t.value[..end]);
+        let mut raw: [u64; MAX_PMCS] = std::array::from_fn(|l| self.raw[l]);
+        let (mut cpl_bits, mut flag_bits, mut key_bits) = (0u8, 0u8, 0u32);
+        let mut i = start;
         while i < end {
             let o = ops[i];
-            let v = values[i];
-            // Other ops end the stretch; so does a huge RUN, which takes the exact path of
-            // `add`.
-            if !is_steady(o) || (v >> FAST_ADD_BITS) != 0 {
+            let run = o == op::RUN;
+            // A huge RUN ends the stretch: it takes the exact path of `add`.
+            let n = std::hint::select_unpredictable(run, values[i], 0);
+            if o.wrapping_sub(op::EMULATE) > op::VMENTRY - op::EMULATE || (n >> FAST_ADD_BITS) != 0
+            {
                 break;
             }
             let (cpl, flag, key) = (cpls[i], flags[i], keys[i]);
-            if o == op::READ {
-                bad |= pmcs[i] as usize >= n_pmcs;
-                reads.push(raw[pmcs[i] as usize & (LANES - 1)] & COUNTER_MASK);
-                i += 1;
-                continue;
-            }
-            let run = o == op::RUN;
-            let emulate = o == op::EMULATE;
-            let user = (cpl != 0) as usize;
-            let mut matching = 0u8;
-            for (l, &k) in keys_of_pmcs.iter().enumerate() {
-                matching |= ((k == key) as u8) << l;
-            }
-            let ran = matching & all & s.run[user] & ((v != 0) as u8).wrapping_neg();
-            let emulated = s.emulate[user][(flag & 1) as usize];
-            let m =
-                (ran & (run as u8).wrapping_neg()) | (emulated & (emulate as u8).wrapping_neg());
-            let amount = if run { v } else { 1 };
+            let c = steady_class(o, cpl, flag);
+            let matching = if INDEXED {
+                self.index.lookup(key)
+            } else {
+                self.key_match(key)
+            };
+            let m = s.select[c] & (matching | s.any[c]);
+            let amount = n | !run as u64;
             for (raw, lane) in raw.iter_mut().zip(&LANE_MASKS[m as usize]) {
                 *raw += amount & lane;
             }
-            bad |= (cpl > 3) | (run & (key >= KEY_LIMIT)) | (emulate & (flag > 1));
+            let emulate = o == op::EMULATE;
+            cpl_bits |= cpl & ((run | emulate) as u8).wrapping_neg();
+            flag_bits |= flag & (emulate as u8).wrapping_neg();
+            key_bits |= key & (run as u32).wrapping_neg();
             i += 1;
         }
-        self.raw = raw;
-        // READs counted as adds too: a bound, not a count.
-        self.adds_since_settle += (i - start) as u32;
-        (i, !bad)
+        self.raw[..MAX_PMCS].copy_from_slice(&raw);
+        check.cpl |= cpl_bits;
+        check.flag |= flag_bits;
+        check.key |= key_bits;
+        i
     }
 }
 
@@ -928,7 +1066,7 @@ fn replay_checked<M: Model>(
         i += 1;
         // After a VM-entry nothing is pending: replay the steady stretch that follows (if the
         // next record starts one; setting up the stretch costs more than one record).
-        if (r.op == op::RUN || r.op == op::VMENTRY) && i < n && is_steady(ops[i]) {
+        if (r.op == op::RUN || r.op == op::VMENTRY) && steady_ahead(ops, i) {
             let (next, good) = m.replay_steady(t, i, n_pmcs, reads);
             ok &= good;
             i = next;
@@ -936,6 +1074,18 @@ fn replay_checked<M: Model>(
     }
     ok
 }
+
+/// Whether the records from `i` on start a steady stretch long enough to be worth setting up:
+/// its first `STEADY_MIN` ops are steady ones.
+#[inline(always)]
+fn steady_ahead(ops: &[u8], i: usize) -> bool {
+    match ops.get(i..i + STEADY_MIN) {
+        Some(next) => next.iter().fold(true, |all, &o| all & is_steady(o)),
+        None => false,
+    }
+}
+
+const STEADY_MIN: usize = 6;
 
 /// Where one trace's final per-PMC values go (each slice `n_pmcs` long).
 pub struct FinalSlots<'a> {

@@ -103,8 +103,15 @@ def test_arbitrary_records_agree_including_errors(recs, n_pmcs, preset):
         with pytest.raises(TraceError) as info:
             oracle.simulate(trace, preset, n_pmcs=n_pmcs, timeline=True)
         assert info.value.index == e.index
+        # Without a timeline the core validates while it replays: the same error.
+        with pytest.raises(TraceError) as fused:
+            svmpmu.simulate(trace, preset, n_pmcs=n_pmcs)
+        assert fused.value.index == e.index
         return
     assert core == oracle.simulate(trace, preset, n_pmcs=n_pmcs, timeline=True)
+    # The replay that validates as it goes accepts exactly the traces `validate` accepts.
+    fused = svmpmu.simulate(trace, preset, n_pmcs=n_pmcs)
+    assert fused == dataclasses.replace(core, hw_enabled=None, svme=None, guest_mode=None)
 
 
 def test_policy_overrides_reach_both():
@@ -122,3 +129,50 @@ def test_workload_like_traces_agree(preset):
     batch = svmpmu.generate(300, 400, seed=31, mix=svmpmu.Mix.workload())
     for trace in batch:
         assert_same(trace, preset, timeline=False)
+
+
+# The fields each op reads (docs/semantics.md "Record layout"); every other field is ignored.
+USED = {
+    "pmc": {"WRMSR_EVTSEL", "WRMSR_CTR", "READ"},
+    "cpl": {"EMULATE", "RUN"},
+    "flag": {"WRMSR_EFER", "SET_NESTED_STATE", "SET_FILTER", "EMULATE"},
+    "key": {"RUN", "SET_FILTER"},
+    "value": {"WRMSR_EVTSEL", "WRMSR_CTR", "WRMSR_GLOBAL_CTRL", "RUN"},
+}
+
+
+def with_junk_in_unused_fields(trace: Trace, seed: int) -> Trace:
+    """A copy of ``trace`` whose unused fields hold random junk."""
+    rng = np.random.default_rng(seed)
+    columns = {name: column.copy() for name, column in trace.columns().items()}
+    names = np.array([o.name for o in svmpmu.Op])[columns["op"]]
+    for field, users in USED.items():
+        column = columns[field]
+        unused = ~np.isin(names, sorted(users))
+        info = np.iinfo(column.dtype)
+        # Small junk as often as junk of any size (a fast path may test a value's size).
+        junk = rng.integers(0, info.max, size=len(column), dtype=column.dtype, endpoint=True)
+        small = rng.random(len(column)) < 0.5
+        junk[small] = rng.integers(0, 256, size=int(small.sum()), dtype=column.dtype)
+        column[unused] = junk[unused]
+    return Trace(**columns)
+
+
+@pytest.mark.parametrize("mix", ["default", "workload"])
+@pytest.mark.parametrize("preset", ["final", "v4", "arch"])
+def test_unused_fields_are_ignored(mix, preset):
+    # Both replays of the core (validating as it goes, and with a timeline) and the oracle
+    # must give the junk-filled traces the results of the clean ones.
+    batch = svmpmu.generate(
+        200, 200, seed=41, mix=svmpmu.Mix.workload() if mix == "workload" else svmpmu.Mix()
+    )
+    for k, trace in enumerate(batch):
+        junk = with_junk_in_unused_fields(trace, k)
+        assert svmpmu.validate(junk) is None
+        clean = svmpmu.simulate(trace, preset, timeline=True)
+        assert svmpmu.simulate(junk, preset, timeline=True) == clean
+        assert svmpmu.simulate(junk, preset) == dataclasses.replace(
+            clean, hw_enabled=None, svme=None, guest_mode=None
+        )
+        if k < 20:
+            assert oracle.simulate(junk, preset, timeline=True) == clean
