@@ -1066,7 +1066,7 @@ fn replay_checked<M: Model>(
         i += 1;
         // After a VM-entry nothing is pending: replay the steady stretch that follows (if the
         // next record starts one; setting up the stretch costs more than one record).
-        if (r.op == op::RUN || r.op == op::VMENTRY) && steady_ahead(ops, i) {
+        if (r.op == op::RUN || r.op == op::VMENTRY) && i < n && is_steady(ops[i]) {
             let (next, good) = m.replay_steady(t, i, n_pmcs, reads);
             ok &= good;
             i = next;
@@ -1074,18 +1074,6 @@ fn replay_checked<M: Model>(
     }
     ok
 }
-
-/// Whether the records from `i` on start a steady stretch long enough to be worth setting up:
-/// its first `STEADY_MIN` ops are steady ones.
-#[inline(always)]
-fn steady_ahead(ops: &[u8], i: usize) -> bool {
-    match ops.get(i..i + STEADY_MIN) {
-        Some(next) => next.iter().fold(true, |all, &o| all & is_steady(o)),
-        None => false,
-    }
-}
-
-const STEADY_MIN: usize = 6;
 
 /// Where one trace's final per-PMC values go (each slice `n_pmcs` long).
 pub struct FinalSlots<'a> {
