@@ -105,29 +105,31 @@ impl KeyIndex {
         (((e as u32) == k) as u8).wrapping_neg() & (e >> 32) as u8
     }
 
-    /// The PMC of bit `b` changes its key from `old` to `new`.
+    /// The PMC of bit `b` changes its key from `old` to `new` (or keeps it). Branch-free:
+    /// on random selector writes the branches would mispredict.
+    #[inline(always)]
     fn rekey(&mut self, b: u8, old: u32, new: u32) {
-        if self.spill & b != 0 {
-            self.spill &= !b;
-        } else {
-            let s = &mut self.slots[key_slot(old)];
-            if *s as u32 == old {
-                let mask = (*s >> 32) as u8 & !b;
-                *s = if mask == 0 {
-                    EMPTY_SLOT
-                } else {
-                    old as u64 | (mask as u64) << 32
-                };
-            }
-        }
-        let s = &mut self.slots[key_slot(new)];
-        if *s as u32 == new {
-            *s |= (b as u64) << 32;
-        } else if *s == EMPTY_SLOT {
-            *s = new as u64 | (b as u64) << 32;
-        } else {
-            self.spill |= b;
-        }
+        use std::hint::select_unpredictable as select;
+        // Out of the table, or out of the spilled set.
+        let spilled = self.spill & b != 0;
+        self.spill &= !b;
+        let s = key_slot(old);
+        let e = self.slots[s];
+        let held = (e as u32 == old) & !spilled;
+        let mask = (e >> 32) as u8 & !(b & (held as u8).wrapping_neg());
+        self.slots[s] = select(
+            mask == 0,
+            EMPTY_SLOT,
+            (e & 0xFFFF_FFFF) | (mask as u64) << 32,
+        );
+        // Into the table if the slot is free or holds the key, else into the spilled set.
+        let s = key_slot(new);
+        let e = self.slots[s];
+        let same = e as u32 == new;
+        let free = e == EMPTY_SLOT;
+        let placed = select(same, e, new as u64) | (b as u64) << 32;
+        self.slots[s] = select(same | free, placed, e);
+        self.spill |= b & (!(same | free) as u8).wrapping_neg();
     }
 }
 
@@ -202,7 +204,7 @@ impl Pmu {
         self.eventsel[i] = v;
         let k = selector_key(v);
         let b = 1u8 << i;
-        if b & self.all != 0 && self.key[i] != k {
+        if b & self.all != 0 {
             self.index.rekey(b, self.key[i], k);
         }
         self.key[i] = k;
@@ -216,13 +218,13 @@ impl Pmu {
         set(&mut self.instr, k == INSTRUCTIONS_RETIRED);
         set(&mut self.branch, k == BRANCHES_RETIRED);
         // The filter's verdict on this PMC alone (the others keep theirs).
+        // Allow: a hit; deny: a miss; none: anything. Without a branch on the action.
         let hit = k == self.filter_key;
-        let allowed = match self.filter_action {
-            filter::ALLOW => hit,
-            filter::DENY => !hit,
-            _ => true,
-        };
-        set(&mut self.filter_ok, allowed);
+        let (allow, deny) = (
+            self.filter_action == filter::ALLOW,
+            self.filter_action == filter::DENY,
+        );
+        set(&mut self.filter_ok, !(allow | deny) | (hit == allow));
     }
 
     fn set_filter(&mut self, action: u8, k: u32) {
