@@ -521,8 +521,11 @@ pub trait Model {
     fn overflows(&self) -> [u64; MAX_PMCS];
     fn pmis(&self) -> [u64; MAX_PMCS];
     fn eventsel_hw(&self) -> [u64; MAX_PMCS];
-    /// Replay the steady stretch (see [`Steady`]) that starts at `start`, right after a
-    /// VM-entry; returns where it ended and whether its records were valid.
+    /// Whether a steady stretch may start now: nothing awaits the next VM-entry, so the
+    /// VM-entries of the stretch change nothing.
+    fn steady_ready(&self) -> bool;
+    /// Replay the steady stretch (see [`Steady`]) that starts at `start`, when
+    /// `steady_ready()`; returns where it ended and whether its records were valid.
     fn replay_steady(
         &mut self,
         t: &TraceRef<'_>,
@@ -771,6 +774,9 @@ impl Model for Kvm {
         self.hw_en
     }
     pmu_accessors!();
+    fn steady_ready(&self) -> bool {
+        self.pending == 0
+    }
     fn replay_steady(
         &mut self,
         t: &TraceRef<'_>,
@@ -778,7 +784,7 @@ impl Model for Kvm {
         n_pmcs: usize,
         reads: &mut Vec<u64>,
     ) -> (usize, bool) {
-        // Right after a VM-entry nothing is pending, so the masks hold for the stretch.
+        // Nothing is pending, so the masks hold for the stretch.
         debug_assert_eq!(self.pending, 0);
         let s = Steady::new(&self.pmu, self.hw_en, self.emul_ok);
         self.pmu.replay_steady(&s, t, start, n_pmcs, reads)
@@ -922,6 +928,9 @@ impl Model for Arch {
         self.allowed(self.pmu.svme, self.pmu.guest) & self.pmu.filter_ok
     }
     pmu_accessors!();
+    fn steady_ready(&self) -> bool {
+        true
+    }
     fn replay_steady(
         &mut self,
         t: &TraceRef<'_>,
@@ -1073,9 +1082,9 @@ fn replay_checked<M: Model>(
         ok &= is_valid(r, m.mode_state(), n_pmcs);
         m.step(r, reads);
         i += 1;
-        // After a VM-entry nothing is pending: replay the steady stretch that follows (if the
-        // next record starts one).
-        if (r.op == op::RUN || r.op == op::VMENTRY) && i < n && is_steady(ops[i]) {
+        // Replay the steady stretch that follows, if the next record starts one and nothing
+        // is pending (as after a VM-entry).
+        if i < n && is_steady(ops[i]) && m.steady_ready() {
             let (next, good) = m.replay_steady(t, i, n_pmcs, reads);
             ok &= good;
             gain = (gain + (next - i) as i32 - STEADY_BREAK_EVEN).min(STEADY_GAIN_CAP);
