@@ -11,7 +11,7 @@ use crate::model::{
     COUNTER_BITS, COUNTER_MASK, EN, GUEST_ONLY, HOST_ONLY, INSTRUCTIONS_RETIRED, INT, MAX_PMCS, OS,
     RESERVED_BITS, USR,
 };
-use crate::trace::{is_valid, validate, Record, TraceRef};
+use crate::trace::{fields_ok, is_valid, mode_ok, validate, Record, TraceRef};
 
 /// The architectural state shared by both models: selectors, counters, global control, filter
 /// and the mode (model.md section 3).
@@ -174,6 +174,7 @@ impl Pmu {
 
     /// PMCs in `among` whose selector key is `k`, by comparing each. (Not cold: with
     /// colliding keys every RUN and EMULATE record of a stretch comes here.)
+    #[inline(never)]
     fn key_compare(&self, k: u32, among: u8) -> u8 {
         let mut m = 0u8;
         for i in 0..LANES {
@@ -1128,12 +1129,14 @@ fn replay_span<M: Model>(
     n_pmcs: usize,
     reads: &mut Vec<u64>,
 ) -> bool {
-    let mut ok = true;
-    for r in t.slice(start..end).records() {
-        ok &= is_valid(r, m.mode_state(), n_pmcs);
+    // The rules on each record's own fields in one vectorised pass, the mode rules as it goes.
+    let span = t.slice(start..end);
+    let mut illegal = 0u8;
+    for r in span.records() {
+        illegal |= !mode_ok(r, m.mode_state()) as u8;
         m.step(r, reads);
     }
-    ok
+    illegal == 0 && fields_ok(&span, n_pmcs)
 }
 
 /// Where one trace's final per-PMC values go (each slice `n_pmcs` long).

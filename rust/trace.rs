@@ -447,4 +447,77 @@ pub fn is_valid(r: Record, state: u8, n_pmcs: usize) -> bool {
     record_ok(r, state, n_pmcs as u8)
 }
 
+/// Whether `r` is legal in mode `state` (the mode rules alone: rule 6 of
+/// docs/semantics.md "Validation"); with [`fields_ok`], the same verdict as [`is_valid`].
+#[inline(always)]
+pub fn mode_ok(r: Record, state: u8) -> bool {
+    LEGAL[(r.op & 15) as usize][(r.flag & 1) as usize][(state & 3) as usize]
+}
+
+/// Whether every record of `t` passes the rules on its own fields (rules 1 to 5 of
+/// docs/semantics.md "Validation"). Written with comparisons only, no lookup by op, so that it
+/// vectorises: a pass over a span costs a fraction of a nanosecond a record.
+pub fn fields_ok(t: &TraceRef<'_>, n_pmcs: usize) -> bool {
+    let n = t.len();
+    let (ops, pmcs, cpls) = (&t.op[..n], &t.pmc[..n], &t.cpl[..n]);
+    let (flags, keys) = (&t.flag[..n], &t.key[..n]);
+    let n_pmcs = n_pmcs as u8;
+    let mut bad = false;
+    for i in 0..n {
+        let (o, f) = (ops[i], flags[i]);
+        let uses_pmc = (o == op::WRMSR_EVTSEL) | (o == op::WRMSR_CTR) | (o == op::READ);
+        let uses_cpl = (o == op::EMULATE) | (o == op::RUN);
+        let uses_key = (o == op::SET_FILTER) | (o == op::RUN);
+        let binary_flag = (o == op::WRMSR_EFER) | (o == op::SET_NESTED_STATE) | (o == op::EMULATE);
+        bad |= (o as usize >= op::COUNT)
+            | (uses_pmc & (pmcs[i] >= n_pmcs))
+            | (uses_cpl & (cpls[i] > 3))
+            | (binary_flag & (f > 1))
+            | ((o == op::SET_FILTER) & (f > 2))
+            | (uses_key & (keys[i] >= KEY_LIMIT));
+    }
+    !bad
+}
+
 pub const STATE_RESET: u8 = S00;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_and_mode_rules_make_the_whole_verdict() {
+        // Every field over its whole range (ops, PMCs, CPLs, flags and keys around each
+        // limit), in every mode state: fields_ok and mode_ok together agree with is_valid.
+        let keys = [0, 0xC0, KEY_LIMIT - 1, KEY_LIMIT, u32::MAX];
+        for o in 0..=16u8 {
+            for pmc in [0, 1, 5, 6, 7, 255] {
+                for cpl in [0, 3, 4, 255] {
+                    for flag in [0, 1, 2, 3, 255] {
+                        for key in keys {
+                            let r = Record {
+                                op: o,
+                                pmc,
+                                cpl,
+                                flag,
+                                key,
+                                value: 7,
+                            };
+                            for n_pmcs in [1, 6] {
+                                let t = TraceBuf::from_records(&[r]);
+                                let fields = fields_ok(&t.as_ref(), n_pmcs);
+                                for state in [0, 1, 3] {
+                                    assert_eq!(
+                                        is_valid(r, state, n_pmcs),
+                                        fields && mode_ok(r, state),
+                                        "{r:?} in state {state}, n_pmcs {n_pmcs}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
