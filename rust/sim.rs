@@ -1081,6 +1081,15 @@ fn replay_checked<M: Model>(
     let mut gain = 0i32;
     let (ops, pmcs, cpls) = (&t.op[..n], &t.pmc[..n], &t.cpl[..n]);
     let (flags, keys, values) = (&t.flag[..n], &t.key[..n], &t.value[..n]);
+    // Start paused unless the trace opens with mostly steady ops (at least 4 in 5, when
+    // stretches average 4 records or more): a short trace of records in random order then
+    // never pays for a stretch.
+    let probe = &ops[..n.min(STEADY_PROBE)];
+    if probe.iter().filter(|&&o| is_steady(o)).count() * 5 < probe.len() * 4 {
+        let end = n.min(STEADY_PAUSE);
+        ok &= replay_span(m, t, 0, end, n_pmcs, reads);
+        i = end;
+    }
     while i < n {
         let r = Record {
             op: ops[i],
@@ -1118,6 +1127,8 @@ const STEADY_BREAK_EVEN: i32 = 4;
 const STEADY_GAIN_CAP: i32 = 16;
 /// Records replayed one by one before steady stretches are tried again.
 const STEADY_PAUSE: usize = 2048;
+/// Records whose ops decide whether a trace starts with steady stretches.
+const STEADY_PROBE: usize = 256;
 
 /// Replay and check records `start..end` one by one; `false` if one is invalid.
 #[inline(never)]
