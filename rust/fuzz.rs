@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use crate::error::CoreError;
-use crate::gen::Generator;
+use crate::gen::{Generator, RecordSink};
 use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY};
 use crate::sim::{AnyModel, Arch, Kvm, Model};
 use crate::trace::{validate, Record, TraceBuf, TraceRef};
@@ -54,26 +54,56 @@ struct Scratch {
     sigs: Vec<Signature>,
 }
 
-/// Replay `t` through both models; if it diverges (model.md section 8), the signatures of its
-/// attribution divergences, sorted and without repeats, are left in `s.sigs`.
-fn diverge_into<A: Model, B: Model>(mut a: A, mut b: B, t: &TraceRef<'_>, s: &mut Scratch) -> bool {
-    s.reads_a.clear();
-    s.reads_b.clear();
-    s.sigs.clear();
-    for i in 0..t.len() {
-        let r = t.record(i);
-        let before = mode_state(&b);
-        let ma = a.step(r, &mut s.reads_a);
-        let mb = b.step(r, &mut s.reads_b);
+/// Two models replayed side by side, record by record, collecting the signatures of their
+/// attribution divergences in `s.sigs`. A [`RecordSink`], so that fuzzing can step the
+/// models as the generator draws each record, with no trace buffer in between.
+struct Lockstep<'s, A, B> {
+    a: A,
+    b: B,
+    s: &'s mut Scratch,
+}
+
+impl<'s, A: Model, B: Model> Lockstep<'s, A, B> {
+    fn new(a: A, b: B, s: &'s mut Scratch) -> Self {
+        s.reads_a.clear();
+        s.reads_b.clear();
+        s.sigs.clear();
+        Lockstep { a, b, s }
+    }
+
+    /// Whether the two diverged (model.md section 8); if so, their signatures are left in
+    /// `s.sigs`, sorted and without repeats.
+    fn finish(self) -> bool {
+        let Lockstep { a, b, s } = self;
+        let diverges = s.reads_a != s.reads_b
+            || a.counters() != b.counters()
+            || a.overflows() != b.overflows()
+            || a.pmis() != b.pmis();
+        if diverges {
+            s.sigs.sort_unstable();
+            s.sigs.dedup();
+        } else {
+            s.sigs.clear();
+        }
+        diverges
+    }
+}
+
+impl<A: Model, B: Model> RecordSink for Lockstep<'_, A, B> {
+    #[inline(always)]
+    fn push(&mut self, r: Record) {
+        let before = mode_state(&self.b);
+        let ma = self.a.step(r, &mut self.s.reads_a);
+        let mb = self.b.step(r, &mut self.s.reads_b);
         if ma != mb {
-            let after = mode_state(&b);
+            let after = mode_state(&self.b);
             let mut d = ma ^ mb;
             while d != 0 {
                 let p = d.trailing_zeros() as usize;
                 d &= d - 1;
-                s.sigs.push(Signature {
+                self.s.sigs.push(Signature {
                     op: r.op,
-                    hg: hg_bits(b.eventsel()[p]),
+                    hg: hg_bits(self.b.eventsel()[p]),
                     before,
                     after,
                     policy_counts: ma & (1 << p) != 0,
@@ -81,27 +111,50 @@ fn diverge_into<A: Model, B: Model>(mut a: A, mut b: B, t: &TraceRef<'_>, s: &mu
             }
         }
     }
-    let diverges = s.reads_a != s.reads_b
-        || a.counters() != b.counters()
-        || a.overflows() != b.overflows()
-        || a.pmis() != b.pmis();
-    if diverges {
-        s.sigs.sort_unstable();
-        s.sigs.dedup();
-    } else {
-        s.sigs.clear();
-    }
-    diverges
 }
 
-/// [`diverge_into`] for any pair of policies.
-fn diverge(t: &TraceRef<'_>, p: &Policy, q: &Policy, n_pmcs: usize, s: &mut Scratch) -> bool {
+/// Records to replay: a trace, or a generated trace drawn as it is replayed.
+trait Feed {
+    fn feed(&self, sink: &mut impl RecordSink);
+}
+
+impl Feed for TraceRef<'_> {
+    fn feed(&self, sink: &mut impl RecordSink) {
+        for r in self.records() {
+            sink.push(r);
+        }
+    }
+}
+
+/// Trace `index` of the run seeded by `seed`.
+struct Generated<'g> {
+    generator: &'g Generator,
+    seed: u64,
+    index: u64,
+    length: usize,
+}
+
+impl Feed for Generated<'_> {
+    fn feed(&self, sink: &mut impl RecordSink) {
+        self.generator
+            .trace_into(sink, self.seed, self.index, self.length);
+    }
+}
+
+/// Replay `records` through both policies in lockstep; whether they diverge (the signatures
+/// are then in `s.sigs`).
+fn diverge(records: &impl Feed, p: &Policy, q: &Policy, n_pmcs: usize, s: &mut Scratch) -> bool {
+    fn run<A: Model, B: Model>(a: A, b: B, s: &mut Scratch, records: &impl Feed) -> bool {
+        let mut l = Lockstep::new(a, b, s);
+        records.feed(&mut l);
+        l.finish()
+    }
     use AnyModel as M;
     match (M::new(p, n_pmcs), M::new(q, n_pmcs)) {
-        (M::Kvm(a), M::Arch(b)) => diverge_into::<Kvm, Arch>(a, b, t, s),
-        (M::Kvm(a), M::Kvm(b)) => diverge_into(a, b, t, s),
-        (M::Arch(a), M::Arch(b)) => diverge_into(a, b, t, s),
-        (M::Arch(a), M::Kvm(b)) => diverge_into(a, b, t, s),
+        (M::Kvm(a), M::Arch(b)) => run::<Kvm, Arch>(a, b, s, records),
+        (M::Kvm(a), M::Kvm(b)) => run(a, b, s, records),
+        (M::Arch(a), M::Arch(b)) => run(a, b, s, records),
+        (M::Arch(a), M::Kvm(b)) => run(a, b, s, records),
     }
 }
 
@@ -161,17 +214,31 @@ pub struct FuzzSpec {
 const CHUNK: u64 = 512;
 
 fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError> {
-    let mut buf = TraceBuf::try_with_capacity(spec.length)?;
     let mut s = Scratch::default();
+    // Room for a trace's READ values (at most one a record), or an error if the memory cannot
+    // be had: the length comes from users.
+    for reads in [&mut s.reads_a, &mut s.reads_b] {
+        reads.try_reserve_exact(spec.length).map_err(|_| {
+            CoreError::Memory(format!(
+                "cannot allocate room for the READ values of {} records",
+                spec.length
+            ))
+        })?;
+    }
     let mut tally = Tally::default();
     let n_pmcs = spec.generator.n_pmcs;
     for index in start..end {
-        buf.clear();
-        spec.generator
-            .trace_into(&mut buf, spec.seed, index, spec.length);
+        // Each record is replayed as it is drawn: no trace is stored (a class's trace is
+        // drawn again from its index to be shrunk).
+        let trace = Generated {
+            generator: &spec.generator,
+            seed: spec.seed,
+            index,
+            length: spec.length,
+        };
         tally.traces += 1;
-        tally.records += buf.len() as u64;
-        if diverge(&buf.as_ref(), &spec.policy, &spec.reference, n_pmcs, &mut s) {
+        tally.records += spec.length as u64;
+        if diverge(&trace, &spec.policy, &spec.reference, n_pmcs, &mut s) {
             tally.diverging += 1;
             for &sig in &s.sigs {
                 tally
