@@ -31,18 +31,24 @@ def run(scale: float, repeat: int) -> dict[str, dict]:
     out = {}
     cases = measure.cases(scale)
     streaming = measure.baselines(cases)
+    times = {}
     for case in cases:
-        seconds = measure.best_seconds(case.run, repeat)
-        base = streaming[case.data]
+        times[case.name] = measure.best_seconds(case.run, repeat)
+        print(
+            f"{case.name:28} {case.records / times[case.name] / 1e6:9.1f} M records/s", flush=True
+        )
+    # The streaming baseline again after the cases, keeping the better of the two: one
+    # measurement of it varies by about 5%.
+    again = measure.baselines(cases)
+    streaming = {data: min(t, again[data]) for data, t in streaming.items()}
+    print()
+    for case in cases:
+        seconds, base = times[case.name], streaming[case.data]
         out[case.name] = {
             "records_per_second": case.records / seconds,
             "ratio": seconds / base,
         }
-        print(
-            f"{case.name:28} {case.records / seconds / 1e6:9.1f} M records/s"
-            f"  {seconds / base:8.2f}x the streaming baseline",
-            flush=True,
-        )
+        print(f"{case.name:28} {seconds / base:8.2f}x the streaming baseline")
     return out
 
 
