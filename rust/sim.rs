@@ -172,8 +172,9 @@ impl Pmu {
         m | self.key_compare(k, self.index.spill)
     }
 
-    /// PMCs in `among` whose selector key is `k`, by comparing each. (Not cold: with
-    /// colliding keys every RUN and EMULATE record of a stretch comes here.)
+    /// PMCs in `among` whose selector key is `k`, by comparing each. Out of line: inlined
+    /// into `key_match` it makes the common path branchy. Not cold: with colliding keys every
+    /// RUN and EMULATE record of a stretch comes here.
     #[inline(never)]
     fn key_compare(&self, k: u32, among: u8) -> u8 {
         let mut m = 0u8;
