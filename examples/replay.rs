@@ -23,10 +23,7 @@ fn main() {
             mix.ops[_core::model::op::EMULATE as usize] = 450;
             mix.ops[_core::model::op::VMENTRY as usize] = 50;
         }
-        Some("workload") => {
-            // The weights of Python's `Mix.workload()`, by op code.
-            mix.ops = [8, 2, 2, 2, 15, 1, 15, 1, 1, 1, 420, 480, 20, 20, 0];
-        }
+        Some("workload") => mix = Mix::workload(),
         _ => {}
     }
     let start = Instant::now();

@@ -115,6 +115,34 @@ pub const OP_SLOTS: usize = 4096;
 pub const OTHER_EVENT: u32 = 0x076;
 
 impl Mix {
+    /// The default mix with the op weights of Python's `Mix.workload()`: a guest that mostly
+    /// runs (the benchmarks' workload-like trace).
+    pub fn workload() -> Self {
+        let mut ops = [0; op::COUNT];
+        for (o, w) in [
+            (op::RUN, 480),
+            (op::EMULATE, 420),
+            (op::VMENTRY, 20),
+            (op::READ, 20),
+            (op::WRMSR_EVTSEL, 8),
+            (op::WRMSR_CTR, 2),
+            (op::WRMSR_GLOBAL_CTRL, 2),
+            (op::WRMSR_EFER, 2),
+            (op::VMRUN, 15),
+            (op::VMRUN_FAIL, 1),
+            (op::VMEXIT, 15),
+            (op::FORCED_LEAVE, 1),
+            (op::SET_NESTED_STATE, 1),
+            (op::SET_FILTER, 1),
+        ] {
+            ops[o as usize] = w;
+        }
+        Mix {
+            ops,
+            ..Mix::default()
+        }
+    }
+
     /// The per-mille fields by name, in a fixed order (for the Python glue).
     pub fn permille_fields(&self) -> [(&'static str, u32); 9] {
         [

@@ -8,6 +8,7 @@ pub mod fuzz;
 pub mod gen;
 pub mod model;
 pub mod sim;
+pub mod split;
 pub mod trace;
 
 #[cfg(feature = "python")]
@@ -146,19 +147,21 @@ mod python {
         )
     }
 
-    /// simulate(columns, policy, n_pmcs, timeline) -> result tuple
+    /// simulate(columns, policy, n_pmcs, timeline, threads) -> result tuple
     #[pyfunction]
+    #[pyo3(signature = (columns, policy, n_pmcs, timeline, threads=None))]
     fn simulate<'py>(
         py: Python<'py>,
         columns: Columns<'py>,
         policy: &Bound<'py, PyAny>,
         n_pmcs: usize,
         timeline: bool,
+        threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let p = policy_from_py(policy)?;
         let t = borrow(&columns)?;
         let r = py
-            .detach(|| sim::simulate(&t, &p, n_pmcs, timeline))
+            .detach(|| with_threads(threads, || sim::simulate(&t, &p, n_pmcs, timeline)))?
             .map_err(|e| to_py(py, e))?;
         result_tuple(py, r)
     }
@@ -224,10 +227,16 @@ mod python {
         }
     }
 
-    /// The generator's default mix, as a dict of field name to value.
+    /// The generator's default mix (or, with `workload`, the workload-like one), as a dict
+    /// of field name to value.
     #[pyfunction]
-    fn default_mix(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-        let m = Mix::default();
+    #[pyo3(signature = (workload=false))]
+    fn default_mix(py: Python<'_>, workload: bool) -> PyResult<Bound<'_, PyDict>> {
+        let m = if workload {
+            Mix::workload()
+        } else {
+            Mix::default()
+        };
         let d = PyDict::new(py);
         let ops = PyDict::new(py);
         for (name, w) in op::NAMES.iter().zip(m.ops) {

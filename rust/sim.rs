@@ -333,6 +333,35 @@ impl Pmu {
         self.raw[i] = v & COUNTER_MASK;
     }
 
+    /// The architectural state that decides what any later record does: everything but the
+    /// overflow and PMI counts and the bookkeeping (see [`Model::same_state`]). The masks
+    /// derived from the selectors and the filter are compared too, though they follow from
+    /// them. The filter's key matters only while a filter is installed.
+    fn same_state(&self, o: &Pmu) -> bool {
+        let filter_key = self.filter_action == filter::NONE || self.filter_key == o.filter_key;
+        self.all == o.all
+            && self.svme == o.svme
+            && self.guest == o.guest
+            && self.global_ctrl == o.global_ctrl
+            && self.filter_action == o.filter_action
+            && filter_key
+            && self.eventsel == o.eventsel
+            && self.key == o.key
+            && [self.en, self.host_only, self.guest_only, self.int]
+                == [o.en, o.host_only, o.guest_only, o.int]
+            && [self.os, self.usr, self.instr, self.branch, self.filter_ok]
+                == [o.os, o.usr, o.instr, o.branch, o.filter_ok]
+            && self.counters() == o.counters()
+            && self.raw[MAX_PMCS..] == o.raw[MAX_PMCS..]
+    }
+
+    fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]) {
+        for i in 0..MAX_PMCS {
+            self.overflows[i] = self.overflows[i].wrapping_add(overflows[i]);
+            self.pmis[i] = self.pmis[i].wrapping_add(pmis[i]);
+        }
+    }
+
     /// The value an ideal hypervisor programs for `sel` with enable bit `en`
     /// (model.md section 6: `(eventsel & ~H) | G`, 0 while the selector is 0).
     fn programmed(sel: u64, en: bool, hg_honored: bool) -> u64 {
@@ -549,6 +578,14 @@ pub trait Model {
         n_pmcs: usize,
         reads: &mut Vec<u64>,
     ) -> (usize, bool);
+    /// Whether `other` (the same model, same policy) replays any records from here exactly as
+    /// `self` does, overflow and PMI counts aside: the same selectors, mode, global control,
+    /// filter, counter values and, for KVM, the same bitmaps and pending set. Internal
+    /// bookkeeping that does not change a result (how keys are indexed, when wraps are
+    /// folded) is not compared. Used to join chunks replayed in parallel (`crate::split`).
+    fn same_state(&self, other: &Self) -> bool;
+    /// Add `overflows` and `pmis` (modulo 2^64) to the overflow and PMI counts.
+    fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]);
 }
 
 /// The `Model` methods that only read the shared architectural state, for both models.
@@ -568,6 +605,9 @@ macro_rules! pmu_accessors {
         }
         fn pmis(&self) -> [u64; MAX_PMCS] {
             self.pmu.pmis()
+        }
+        fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]) {
+            self.pmu.shift_wraps(overflows, pmis)
         }
     };
 }
@@ -806,6 +846,16 @@ impl Model for Kvm {
         self.pmu.replay_steady(&s, t, start, n_pmcs, reads)
     }
 
+    fn same_state(&self, o: &Self) -> bool {
+        // A programmed base is read only while its PMC is stale.
+        let bases =
+            (0..LANES).all(|i| self.stale & (1 << i) == 0 || self.hw_base[i] == o.hw_base[i]);
+        self.pmu.same_state(&o.pmu)
+            && [self.hw_en, self.emul_ok, self.pending, self.stale]
+                == [o.hw_en, o.emul_ok, o.pending, o.stale]
+            && bases
+    }
+
     fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
         let mut out = [0; MAX_PMCS];
         for (i, o) in out.iter_mut().enumerate().take(self.n_pmcs) {
@@ -960,6 +1010,10 @@ impl Model for Arch {
         self.pmu.replay_steady(&s, t, start, n_pmcs, reads)
     }
 
+    fn same_state(&self, o: &Self) -> bool {
+        self.pmu.same_state(&o.pmu)
+    }
+
     fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
         let en = self.hw_enabled();
         let mut out = [0; MAX_PMCS];
@@ -991,7 +1045,7 @@ pub struct SimResult {
 }
 
 impl SimResult {
-    fn from_model<M: Model>(
+    pub(crate) fn from_model<M: Model>(
         m: &M,
         n_pmcs: usize,
         reads: Vec<u64>,
@@ -1026,7 +1080,7 @@ impl AnyModel {
 
 /// The hot loop: replay every record of a validated trace.
 #[inline(never)]
-fn replay<M: Model>(m: &mut M, t: &TraceRef<'_>, reads: &mut Vec<u64>) {
+pub(crate) fn replay<M: Model>(m: &mut M, t: &TraceRef<'_>, reads: &mut Vec<u64>) {
     for i in 0..t.len() {
         m.step(t.record(i), reads);
     }
@@ -1073,7 +1127,7 @@ fn run_model<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize, timeline: bool
 /// replayed one by one by [`replay_paused`], whose loop (with no call in it) compiles tighter,
 /// and then stretches are tried again. Either path gives the same results.
 #[inline(never)]
-fn replay_checked<M: Model>(
+pub(crate) fn replay_checked<M: Model>(
     m: &mut M,
     t: &TraceRef<'_>,
     n_pmcs: usize,
@@ -1205,6 +1259,11 @@ pub fn simulate(
     if timeline {
         validate(t, n_pmcs)?;
         return Ok(simulate_valid(t, policy, n_pmcs, true));
+    }
+    // A long trace is cut into chunks, one per thread of the current rayon pool.
+    let chunks = crate::split::chunks_for(t.len(), rayon::current_num_threads());
+    if chunks > 1 {
+        return crate::split::simulate_split(t, policy, n_pmcs, chunks, None).map(|(r, _)| r);
     }
     let mut r = SimResult {
         counters: vec![0; n_pmcs],

@@ -176,3 +176,27 @@ def test_unused_fields_are_ignored(mix, preset):
         )
         if k < 20:
             assert oracle.simulate(junk, preset, timeline=True) == clean
+
+
+@pytest.mark.parametrize("mix", ["default", "workload", "no_reset"])
+def test_one_trace_on_several_threads_agrees(mix):
+    # A trace of 8,192 records or more is cut into chunks replayed in parallel, each from a
+    # guessed state (README, "One trace on several threads"): the same results as the oracle
+    # for any thread count, whether chunks join after a RESET or where every counter has been
+    # written.
+    chosen = {
+        "default": svmpmu.Mix(),
+        "workload": svmpmu.Mix.workload(),
+        "no_reset": svmpmu.Mix().with_ops(RESET=0),
+    }[mix]
+    trace = svmpmu.generate(1, 30_000, seed=8, mix=chosen).trace(0)
+    for preset in ("final", "v4", "arch"):
+        ref = oracle.simulate(trace, preset)
+        for threads in (1, 2, 3, 8):
+            assert svmpmu.simulate(trace, preset, threads=threads) == ref
+
+
+def test_threads_must_be_positive():
+    trace = svmpmu.generate(1, 10, seed=1).trace(0)
+    with pytest.raises(ValueError, match="threads"):
+        svmpmu.simulate(trace, threads=0)

@@ -50,16 +50,29 @@ def _check_run(n_traces: int, length: int, seed: int, threads: int | None) -> No
 
 
 def simulate(
-    trace: Trace, policy: PolicyLike = "final", *, n_pmcs: int = 6, timeline: bool = False
+    trace: Trace,
+    policy: PolicyLike = "final",
+    *,
+    n_pmcs: int = 6,
+    timeline: bool = False,
+    threads: int | None = None,
 ) -> Result:
     """Replay ``trace`` through ``policy`` (a :class:`Policy` or a preset name) in the Rust core.
 
     The trace is validated first (:class:`TraceError` on the first invalid record, and nothing
     is counted). With ``timeline=True`` the result also holds the per-record ``hw_enabled``,
     ``svme`` and ``guest_mode`` arrays.
+
+    A long trace (at least 8,192 records) is cut into chunks replayed on ``threads`` threads
+    (default: one per core, or ``RAYON_NUM_THREADS``); the timeline is always made on one.
+    The results are the same for any thread count (README, "One trace on several threads").
     """
+    _check_threads(threads)
     resolved = resolve_policy(policy)
-    return Result(*_core.simulate(_columns(trace), resolved, _n_pmcs(n_pmcs), bool(timeline)))
+    columns = _columns(trace)
+    return Result(
+        *_core.simulate(columns, resolved, _n_pmcs(n_pmcs), bool(timeline), threads)
+    )
 
 
 def compare(

@@ -82,25 +82,7 @@ class Mix:
         """A guest that mostly runs: long stretches of RUN and EMULATE records (about 30
         between two nested transitions), with occasional selector writes, VM-entries and
         READs; no resets. The benchmarks' "workload-like" trace."""
-        return cls(
-            ops={
-                "RUN": 480,
-                "EMULATE": 420,
-                "VMENTRY": 20,
-                "READ": 20,
-                "WRMSR_EVTSEL": 8,
-                "WRMSR_CTR": 2,
-                "WRMSR_GLOBAL_CTRL": 2,
-                "WRMSR_EFER": 2,
-                "VMRUN": 15,
-                "VMRUN_FAIL": 1,
-                "VMEXIT": 15,
-                "FORCED_LEAVE": 1,
-                "SET_NESTED_STATE": 1,
-                "SET_FILTER": 1,
-                "RESET": 0,
-            }
-        )
+        return cls(ops=_core.default_mix(workload=True)["ops"])
 
     def with_ops(self, **weights: int) -> Mix:
         """A copy with some op weights changed, e.g. ``mix.with_ops(RESET=0, RUN=500)``."""
