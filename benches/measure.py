@@ -89,6 +89,17 @@ def cases(scale: float = 1.0) -> list[Case]:
                     kind,
                 )
             )
+        # The same trace on one thread: what a single replay loop does (simulate() uses
+        # every core for a long trace).
+        out.append(
+            Case(
+                f"replay/{kind}/final/1-thread",
+                n,
+                functools.partial(svmpmu.simulate, t, "final", threads=1),
+                functools.partial(stream, t),
+                kind,
+            )
+        )
     b = batch(traces, length)
     out.append(
         Case(

@@ -25,6 +25,7 @@ mod python {
     use crate::model::op;
     use crate::model::{Policy, KNOBS};
     use crate::sim::{self, SimResult};
+    use crate::split;
     use crate::trace::{self, TraceBuf, TraceRef};
 
     /// One place where core errors become Python exceptions.
@@ -161,7 +162,11 @@ mod python {
         let p = policy_from_py(policy)?;
         let t = borrow(&columns)?;
         let r = py
-            .detach(|| with_threads(threads, || sim::simulate(&t, &p, n_pmcs, timeline)))?
+            .detach(|| {
+                // By default, as many threads as the rayon pool (RAYON_NUM_THREADS or cores).
+                let n = threads.unwrap_or_else(rayon::current_num_threads);
+                split::simulate_on(&t, &p, n_pmcs, timeline, n)
+            })
             .map_err(|e| to_py(py, e))?;
         result_tuple(py, r)
     }

@@ -1080,7 +1080,7 @@ impl AnyModel {
 
 /// The hot loop: replay every record of a validated trace.
 #[inline(never)]
-pub(crate) fn replay<M: Model>(m: &mut M, t: &TraceRef<'_>, reads: &mut Vec<u64>) {
+fn replay<M: Model>(m: &mut M, t: &TraceRef<'_>, reads: &mut Vec<u64>) {
     for i in 0..t.len() {
         m.step(t.record(i), reads);
     }
@@ -1259,11 +1259,6 @@ pub fn simulate(
     if timeline {
         validate(t, n_pmcs)?;
         return Ok(simulate_valid(t, policy, n_pmcs, true));
-    }
-    // A long trace is cut into chunks, one per thread of the current rayon pool.
-    let chunks = crate::split::chunks_for(t.len(), rayon::current_num_threads());
-    if chunks > 1 {
-        return crate::split::simulate_split(t, policy, n_pmcs, chunks, None).map(|(r, _)| r);
     }
     let mut r = SimResult {
         counters: vec![0; n_pmcs],

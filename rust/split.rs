@@ -24,15 +24,16 @@
 
 use crate::error::CoreError;
 use crate::model::{op, Policy, MAX_PMCS};
-use crate::sim::{replay, replay_checked, AnyModel, Model, SimResult};
+use crate::sim::{replay_checked, AnyModel, Model, SimResult};
 use crate::trace::TraceRef;
-use rayon::prelude::*;
 
 /// The fewest records a chunk gets: below this, starting a task costs more than it saves.
 pub const MIN_CHUNK: usize = 4096;
-/// Warm-up records before a chunk: an eighth of the chunk, within these bounds.
+/// Warm-up records before a chunk: a sixteenth of the chunk, within these bounds. A
+/// workload-like trace writes each selector about every 700 records and the filter about
+/// every 1,000: 16,384 records bring them all up to date but with a chance below 10^-6.
 const WARMUP_MIN: usize = 1024;
-const WARMUP_MAX: usize = 1 << 16;
+const WARMUP_MAX: usize = 1 << 14;
 
 /// How a split replay went: how many chunks joined their guess, and how many were replayed
 /// from the true state instead (their guess was wrong, or they had no join point).
@@ -99,14 +100,12 @@ fn guess_chunk<M: Model + Clone>(
     let mut reads = Vec::new();
     let mut ok = true;
     if join < end {
-        // After a RESET the state is the reset state: nothing to warm up.
+        // After a RESET the state is the reset state: nothing to warm up. (The warm-up's
+        // verdict on its records is not this chunk's: they are checked where they belong.)
         if !after_reset {
             let mut scratch = Vec::new();
-            replay(
-                &mut m,
-                &t.slice(start.saturating_sub(warmup)..join),
-                &mut scratch,
-            );
+            let from = start.saturating_sub(warmup);
+            replay_checked(&mut m, &t.slice(from..join), n_pmcs, &mut scratch);
         }
         at_join = Some(m.clone());
         reads.reserve_exact(t.op[join..end].iter().filter(|&&o| o == op::READ).count());
@@ -124,7 +123,7 @@ fn guess_chunk<M: Model + Clone>(
     }
 }
 
-/// Replay and check `t` in `chunks` chunks on the current rayon pool (`warmup`: records replayed
+/// Replay and check `t` in `chunks` chunks, one thread each (`warmup`: records replayed
 /// before each chunk but the first, to guess its state; `None` for the default). `None` if
 /// some record is invalid; else the final model, the READ values and how the chunks joined.
 fn replay_split<M: Model + Clone + Send + Sync>(
@@ -136,14 +135,25 @@ fn replay_split<M: Model + Clone + Send + Sync>(
 ) -> Option<(M, Vec<u64>, SplitStats)> {
     let n = t.len();
     let chunks = chunks.clamp(1, n.max(1));
-    let bounds: Vec<(usize, usize)> = (0..chunks)
-        .map(|k| (k * n / chunks, (k + 1) * n / chunks))
-        .collect();
-    let warmup = warmup.unwrap_or_else(|| (n / chunks / 8).clamp(WARMUP_MIN, WARMUP_MAX));
-    let guessed: Vec<Chunk<M>> = bounds
-        .par_iter()
-        .map(|&(start, end)| guess_chunk(&fresh, t, start, end, warmup, n_pmcs))
-        .collect();
+    let bounds = chunk_bounds(n, chunks);
+    let warmup = warmup.unwrap_or_else(|| (n / chunks / 16).clamp(WARMUP_MIN, WARMUP_MAX));
+    // A thread of its own for each chunk but the first, which this thread replays. (Threads
+    // started for the call are placed on idle cores; woken pool threads were often left on
+    // the caller's core for the whole of a short call.)
+    let guess = |&(start, end): &(usize, usize)| guess_chunk(&fresh, t, start, end, warmup, n_pmcs);
+    let guessed: Vec<Chunk<M>> = std::thread::scope(|scope| {
+        let others: Vec<_> = bounds[1..]
+            .iter()
+            .map(|b| scope.spawn(move || guess(b)))
+            .collect();
+        let mut all = vec![guess(&bounds[0])];
+        all.extend(
+            others
+                .into_iter()
+                .map(|h| h.join().expect("a chunk's thread")),
+        );
+        all
+    });
     let mut m = fresh;
     let mut reads = Vec::new();
     let mut stats = SplitStats::default();
@@ -197,8 +207,44 @@ pub fn chunks_for(n: usize, threads: usize) -> usize {
     threads.min(n / MIN_CHUNK).max(1)
 }
 
-/// [`crate::sim::simulate`] without a timeline, in `chunks` chunks replayed in parallel on the
-/// current rayon pool; the same results for any `chunks`. `warmup`: see [`replay_split`].
+/// [`crate::sim::simulate`] on up to `threads` threads: a long trace without a timeline is
+/// cut into chunks (at most one per thread), anything else is replayed on this thread. The
+/// same results for any `threads`.
+pub fn simulate_on(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    n_pmcs: usize,
+    timeline: bool,
+    threads: usize,
+) -> Result<SimResult, CoreError> {
+    let chunks = chunks_for(t.len(), threads);
+    if timeline || chunks == 1 || !joins_early(t, chunks, n_pmcs) {
+        return crate::sim::simulate(t, policy, n_pmcs, timeline);
+    }
+    simulate_split(t, policy, n_pmcs, chunks, None).map(|(r, _)| r)
+}
+
+/// Whether every chunk's join point comes within the first quarter of the chunk. The records
+/// before it are replayed twice, the second time after the chunks before it: a chunk that
+/// joins late saves little (a workload-like trace, with no RESET and rare counter writes,
+/// joins after about 7,000 records). A scan of the ops, stopping at each join point.
+fn joins_early(t: &TraceRef<'_>, chunks: usize, n_pmcs: usize) -> bool {
+    let all = ((1u16 << n_pmcs) - 1) as u8;
+    chunk_bounds(t.len(), chunks)
+        .into_iter()
+        .skip(1)
+        .all(|(start, end)| (join_point(t, start, end, all).0 - start) * 4 <= end - start)
+}
+
+/// Chunk `k` of `chunks` over `n` records is `[k * n / chunks, (k + 1) * n / chunks)`.
+fn chunk_bounds(n: usize, chunks: usize) -> Vec<(usize, usize)> {
+    (0..chunks)
+        .map(|k| (k * n / chunks, (k + 1) * n / chunks))
+        .collect()
+}
+
+/// [`crate::sim::simulate`] without a timeline, in `chunks` chunks replayed in parallel, one
+/// thread each; the same results for any `chunks`. `warmup`: see [`replay_split`].
 pub fn simulate_split(
     t: &TraceRef<'_>,
     policy: &Policy,

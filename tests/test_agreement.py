@@ -189,7 +189,8 @@ def test_one_trace_on_several_threads_agrees(mix):
         "workload": svmpmu.Mix.workload(),
         "no_reset": svmpmu.Mix().with_ops(RESET=0),
     }[mix]
-    trace = svmpmu.generate(1, 30_000, seed=8, mix=chosen).trace(0)
+    # Long enough that a workload-like trace, which joins after about 7,000 records, is cut.
+    trace = svmpmu.generate(1, 80_000, seed=8, mix=chosen).trace(0)
     for preset in ("final", "v4", "arch"):
         ref = oracle.simulate(trace, preset)
         for threads in (1, 2, 3, 8):
