@@ -70,9 +70,7 @@ def simulate(
     _check_threads(threads)
     resolved = resolve_policy(policy)
     columns = _columns(trace)
-    return Result(
-        *_core.simulate(columns, resolved, _n_pmcs(n_pmcs), bool(timeline), threads)
-    )
+    return Result(*_core.simulate(columns, resolved, _n_pmcs(n_pmcs), bool(timeline), threads))
 
 
 def compare(
