@@ -137,21 +137,26 @@ fn replay_split<M: Model + Clone + Send + Sync>(
     let chunks = chunks.clamp(1, n.max(1));
     let bounds = chunk_bounds(n, chunks);
     let warmup = warmup.unwrap_or_else(|| (n / chunks / 16).clamp(WARMUP_MIN, WARMUP_MAX));
-    // A thread of its own for each chunk but the first, which this thread replays. (Threads
-    // started for the call are placed on idle cores; woken pool threads were often left on
-    // the caller's core for the whole of a short call.)
+    // A thread of its own for each chunk but the first, which this thread replays: `threads`
+    // means chunks, and no pool is built for a call. A thread the system cannot start leaves
+    // its chunk to this thread.
     let guess = |&(start, end): &(usize, usize)| guess_chunk(&fresh, t, start, end, warmup, n_pmcs);
     let guessed: Vec<Chunk<M>> = std::thread::scope(|scope| {
         let others: Vec<_> = bounds[1..]
             .iter()
-            .map(|b| scope.spawn(move || guess(b)))
+            .map(|b| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || guess(b))
+                    .map_err(|_| b)
+            })
             .collect();
         let mut all = vec![guess(&bounds[0])];
-        all.extend(
-            others
-                .into_iter()
-                .map(|h| h.join().expect("a chunk's thread")),
-        );
+        for other in others {
+            all.push(match other {
+                Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                Err(b) => guess(b),
+            });
+        }
         all
     });
     let mut m = fresh;
