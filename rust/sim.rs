@@ -449,16 +449,6 @@ struct StretchCheck {
     bad_pmc: bool,
 }
 
-/// Which fields of a stretch's record are checked, by `op & 3`, as bits of the word
-/// `cpl | flag << 8 | key << 16`: CPL and flag for EMULATE (10), CPL and key for RUN (11),
-/// none for VMENTRY (12).
-const FIELDS: [u64; 4] = {
-    let mut f = [0u64; 4];
-    f[(op::EMULATE & 3) as usize] = 0xFFFF;
-    f[(op::RUN & 3) as usize] = 0xFF | 0xFFFF_FFFF << 16;
-    f
-};
-
 impl StretchCheck {
     fn ok(&self) -> bool {
         self.cpl <= 3 && self.flag <= 1 && self.key < KEY_LIMIT && !self.bad_pmc
@@ -519,19 +509,15 @@ impl Pmu {
         let (ops, cpls, flags) = (&t.op[..end], &t.cpl[..end], &t.flag[..end]);
         let (keys, values) = (&t.key[..end], &t.value[..end]);
         let mut raw: [u64; MAX_PMCS] = std::array::from_fn(|l| self.raw[l]);
-        // The checked fields, OR-ed into one word (see `FIELDS`): fewer live registers.
-        let mut fields = 0u64;
+        let (mut cpl_bits, mut flag_bits, mut key_bits) = (0u8, 0u8, 0u32);
         let mut i = start;
         while i < end {
             let o = ops[i];
             let run = o == op::RUN;
-            // A huge RUN ends the stretch: it takes the exact path of `add`. One test for
-            // both: an op beyond VMENTRY (o - EMULATE > 2) or n >= 2^FAST_ADD_BITS
-            // (n >> (FAST_ADD_BITS - 2) >= 4) makes the OR exceed 2. So, rarely, does an n
-            // of 2^(FAST_ADD_BITS - 2) or more, which then ends the stretch too, harmlessly.
+            // A huge RUN ends the stretch: it takes the exact path of `add`.
             let n = std::hint::select_unpredictable(run, values[i], 0);
-            let exit = (n >> (FAST_ADD_BITS - 2)) | o.wrapping_sub(op::EMULATE) as u64;
-            if exit > (op::VMENTRY - op::EMULATE) as u64 {
+            if o.wrapping_sub(op::EMULATE) > op::VMENTRY - op::EMULATE || (n >> FAST_ADD_BITS) != 0
+            {
                 break;
             }
             let (cpl, flag, key) = (cpls[i], flags[i], keys[i]);
@@ -546,14 +532,16 @@ impl Pmu {
             for (raw, lane) in raw.iter_mut().zip(&LANE_MASKS[m as usize]) {
                 *raw += amount & lane;
             }
-            let word = cpl as u64 | (flag as u64) << 8 | (key as u64) << 16;
-            fields |= word & FIELDS[(o & 3) as usize];
+            let emulate = o == op::EMULATE;
+            cpl_bits |= cpl & ((run | emulate) as u8).wrapping_neg();
+            flag_bits |= flag & (emulate as u8).wrapping_neg();
+            key_bits |= key & (run as u32).wrapping_neg();
             i += 1;
         }
         self.raw[..MAX_PMCS].copy_from_slice(&raw);
-        check.cpl |= fields as u8;
-        check.flag |= (fields >> 8) as u8;
-        check.key |= (fields >> 16) as u32;
+        check.cpl |= cpl_bits;
+        check.flag |= flag_bits;
+        check.key |= key_bits;
         i
     }
 }
