@@ -42,6 +42,9 @@ struct Pmu {
     /// (the INT bit, a counter write) and after at most `SETTLE_EVERY` adds, so `raw` stays far
     /// from 2^64. Lanes 6 and 7 are padding, always zero.
     raw: [u64; LANES],
+    /// Overflow and PMI counts, modulo 2^64 (all arithmetic on them wraps): a chunk of a split
+    /// replay may hold a count shifted by a "negative" difference until its pending wraps
+    /// are folded (`crate::split`).
     overflows: [u64; LANES],
     pmis: [u64; LANES],
     adds_since_settle: u32,
@@ -254,8 +257,8 @@ impl Pmu {
     #[inline(always)]
     fn settle(&mut self, i: usize) {
         let wraps = self.raw[i] >> COUNTER_BITS;
-        self.overflows[i] += wraps;
-        self.pmis[i] += wraps & LANE_MASKS[self.int as usize][i];
+        self.overflows[i] = self.overflows[i].wrapping_add(wraps);
+        self.pmis[i] = self.pmis[i].wrapping_add(wraps & LANE_MASKS[self.int as usize][i]);
         self.raw[i] &= COUNTER_MASK;
     }
 
@@ -293,8 +296,8 @@ impl Pmu {
             // 2^64 is 2^16 wraps of a 48-bit counter.
             let wraps = (sum >> COUNTER_BITS) + ((carry as u64) << (64 - COUNTER_BITS));
             self.raw[i] = sum & COUNTER_MASK;
-            self.overflows[i] += wraps;
-            self.pmis[i] += wraps & LANE_MASKS[self.int as usize][i];
+            self.overflows[i] = self.overflows[i].wrapping_add(wraps);
+            self.pmis[i] = self.pmis[i].wrapping_add(wraps & LANE_MASKS[self.int as usize][i]);
         }
     }
 
@@ -309,12 +312,12 @@ impl Pmu {
     }
 
     fn overflows(&self) -> [u64; MAX_PMCS] {
-        std::array::from_fn(|i| self.overflows[i] + (self.raw[i] >> COUNTER_BITS))
+        std::array::from_fn(|i| self.overflows[i].wrapping_add(self.raw[i] >> COUNTER_BITS))
     }
 
     fn pmis(&self) -> [u64; MAX_PMCS] {
         let int = &LANE_MASKS[self.int as usize];
-        std::array::from_fn(|i| self.pmis[i] + ((self.raw[i] >> COUNTER_BITS) & int[i]))
+        std::array::from_fn(|i| self.pmis[i].wrapping_add((self.raw[i] >> COUNTER_BITS) & int[i]))
     }
 
     /// Count one retired instruction (and a retired branch when flagged) on `allowed` PMCs.

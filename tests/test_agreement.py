@@ -197,7 +197,12 @@ def test_one_trace_on_several_threads_agrees(mix):
             assert svmpmu.simulate(trace, preset, threads=threads) == ref
 
 
-def test_threads_must_be_positive():
+def test_threads_must_be_a_positive_int():
     trace = svmpmu.generate(1, 10, seed=1).trace(0)
     with pytest.raises(ValueError, match="threads"):
         svmpmu.simulate(trace, threads=0)
+    for bad in (True, 2.0, "2"):
+        with pytest.raises(TypeError, match="threads"):
+            svmpmu.simulate(trace, threads=bad)
+        with pytest.raises(TypeError, match="threads"):
+            svmpmu.generate(1, 10, seed=1, threads=bad)

@@ -36,7 +36,11 @@ MAX_THREADS = 1024
 
 
 def _check_threads(threads: int | None) -> None:
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")
 
 
@@ -63,8 +67,9 @@ def simulate(
     is counted). With ``timeline=True`` the result also holds the per-record ``hw_enabled``,
     ``svme`` and ``guest_mode`` arrays.
 
-    A long trace (at least 8,192 records) is cut into chunks replayed on ``threads`` threads
-    (default: one per core, or ``RAYON_NUM_THREADS``); the timeline is always made on one.
+    A long trace (at least 8,192 records) is cut into chunks replayed on up to ``threads``
+    threads (default: one per core, or ``RAYON_NUM_THREADS``; never more than the cores); the
+    timeline is always made on one.
     The results are the same for any thread count (README, "One trace on several threads").
     """
     _check_threads(threads)
