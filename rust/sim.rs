@@ -569,11 +569,13 @@ pub trait Model {
     fn overflows(&self) -> [u64; MAX_PMCS];
     fn pmis(&self) -> [u64; MAX_PMCS];
     fn eventsel_hw(&self) -> [u64; MAX_PMCS];
-    /// Whether a steady stretch may start now: nothing awaits the next VM-entry, so the
-    /// VM-entries of the stretch change nothing.
-    fn steady_ready(&self) -> bool;
+    /// Whether a steady stretch that starts with op `first` may start now: nothing awaits the
+    /// next VM-entry, so the VM-entries of the stretch change nothing. When `first` is itself
+    /// a VM-entry (RUN or VMENTRY, which re-evaluate what is pending before anything else),
+    /// that re-evaluation is done here, and the stretch may start.
+    fn steady_ready(&mut self, first: u8) -> bool;
     /// Replay the steady stretch (see [`Steady`]) that starts at `start`, when
-    /// `steady_ready()`; returns where it ended and whether its records were valid.
+    /// `steady_ready(first)`; returns where it ended and whether its records were valid.
     fn replay_steady(
         &mut self,
         t: &TraceRef<'_>,
@@ -833,7 +835,10 @@ impl Model for Kvm {
         self.hw_en
     }
     pmu_accessors!();
-    fn steady_ready(&self) -> bool {
+    fn steady_ready(&mut self, first: u8) -> bool {
+        if self.pending != 0 && (first == op::RUN || first == op::VMENTRY) {
+            self.vm_entry();
+        }
         self.pending == 0
     }
     fn replay_steady(
@@ -997,7 +1002,7 @@ impl Model for Arch {
         self.allowed(self.pmu.svme, self.pmu.guest) & self.pmu.filter_ok
     }
     pmu_accessors!();
-    fn steady_ready(&self) -> bool {
+    fn steady_ready(&mut self, _first: u8) -> bool {
         true
     }
     fn replay_steady(
@@ -1163,8 +1168,8 @@ pub(crate) fn replay_checked<M: Model>(
         m.step(r, reads);
         i += 1;
         // Replay the steady stretch that follows, if the next record starts one and nothing
-        // is pending (as after a VM-entry).
-        if i < n && is_steady(ops[i]) && m.steady_ready() {
+        // is pending (as after a VM-entry) or the next record is a VM-entry.
+        if i < n && is_steady(ops[i]) && m.steady_ready(ops[i]) {
             let (next, good) = m.replay_steady(t, i, n_pmcs, reads);
             ok &= good;
             gain = (gain + (next - i) as i32 - STEADY_BREAK_EVEN).min(STEADY_GAIN_CAP);
