@@ -537,3 +537,23 @@ impl Generator {
         Ok(out)
     }
 }
+
+/// `len` records with every field drawn from (a little beyond) its whole range: mostly invalid
+/// traces, for tests that replay must neither panic nor disagree with the validator.
+#[cfg(test)]
+pub(crate) fn arbitrary_records(rng: &mut Rng, len: usize) -> Vec<Record> {
+    use crate::model::INSTRUCTIONS_RETIRED;
+    (0..len)
+        .map(|_| {
+            let x = rng.next_u64();
+            Record {
+                op: (x % 17) as u8,
+                pmc: ((x >> 8) % 9) as u8,
+                cpl: ((x >> 16) % 5) as u8,
+                flag: ((x >> 24) % 4) as u8,
+                key: [0, INSTRUCTIONS_RETIRED, 1 << 20][((x >> 32) % 3) as usize],
+                value: rng.next_u64() >> (x >> 58),
+            }
+        })
+        .collect()
+}

@@ -355,20 +355,7 @@ mod tests {
         // fewer PMCs: the split must neither panic nor disagree with one thread, errors included.
         let mut rng = Rng::for_trace(5, 0);
         for k in 0..600u64 {
-            let len = (k % 90) as usize;
-            let recs: Vec<Record> = (0..len)
-                .map(|_| {
-                    let x = rng.next_u64();
-                    Record {
-                        op: (x % 17) as u8,
-                        pmc: ((x >> 8) % 9) as u8,
-                        cpl: ((x >> 16) % 5) as u8,
-                        flag: ((x >> 24) % 4) as u8,
-                        key: [0, 0xC0, 1 << 20][((x >> 32) % 3) as usize],
-                        value: rng.next_u64() >> (x >> 58),
-                    }
-                })
-                .collect();
+            let recs = crate::gen::arbitrary_records(&mut rng, (k % 90) as usize);
             let t = TraceBuf::from_records(&recs);
             for name in ["final", "arch", "v1"] {
                 let p = Policy::preset(name).unwrap();
