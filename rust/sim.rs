@@ -593,7 +593,8 @@ pub trait Model {
     fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]);
 }
 
-/// The `Model` methods that only read the shared architectural state, for both models.
+/// The `Model` methods that only read (or, `shift_wraps`, add to the counts of) the shared
+/// architectural state, for both models.
 macro_rules! pmu_accessors {
     () => {
         fn eventsel(&self) -> &[u64; LANES] {
