@@ -1,31 +1,19 @@
 //! Replay one generated trace through a preset, for profiling the hot loop without Python:
 //! `cargo run --release --no-default-features --example replay -- final 10000000 [seed [steady|workload]]`.
-use _core::gen::{Generator, Mix};
-use _core::model::Policy;
+use _core::gen::Generator;
 use _core::sim::{simulate, simulate_valid};
 use std::time::Instant;
 
+mod common;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let preset = args.get(1).map(String::as_str).unwrap_or("final");
-    let n: usize = args
-        .get(2)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000_000);
-    let seed: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let policy = Policy::preset(preset).expect("preset");
-    let mut mix = Mix::default();
-    match args.get(4).map(String::as_str) {
-        Some("steady") => {
-            // Only RUN, EMULATE and VMENTRY: one long steady stretch.
-            mix.ops = [0; 15];
-            mix.ops[_core::model::op::RUN as usize] = 500;
-            mix.ops[_core::model::op::EMULATE as usize] = 450;
-            mix.ops[_core::model::op::VMENTRY as usize] = 50;
-        }
-        Some("workload") => mix = Mix::workload(),
-        _ => {}
-    }
+    let common::Args {
+        preset,
+        policy,
+        n,
+        seed,
+        mix,
+    } = common::parse();
     let start = Instant::now();
     let buf = Generator::new(mix, 6).expect("mix").trace(seed, 0, n);
     let g = start.elapsed().as_secs_f64();
