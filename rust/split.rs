@@ -60,8 +60,42 @@ struct Chunk<M> {
     reset_after_join: bool,
 }
 
-/// The join point of chunk `[start, end)` (see the module docs) and whether it is just after a
-/// RESET.
+/// Where a chunk starts, joins and ends (see the module docs).
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    start: usize,
+    join: usize,
+    end: usize,
+    /// The state at `join` is the reset state, known without a warm-up: the first chunk
+    /// (`join == start == 0`), or a chunk that joins just after a RESET.
+    fresh_at_join: bool,
+}
+
+/// Cut `t` into `chunks` chunks (chunk `k` is `[k * n / chunks, (k + 1) * n / chunks)`) and
+/// find each one's join point: a scan of the ops, stopping there.
+fn plan(t: &TraceRef<'_>, chunks: usize, n_pmcs: usize) -> Vec<Cut> {
+    let n = t.len();
+    let chunks = chunks.clamp(1, n.max(1));
+    let all = ((1u16 << n_pmcs) - 1) as u8;
+    (0..chunks)
+        .map(|k| {
+            let (start, end) = (k * n / chunks, (k + 1) * n / chunks);
+            let (join, fresh_at_join) = if k == 0 {
+                (0, true)
+            } else {
+                join_point(t, start, end, all)
+            };
+            Cut {
+                start,
+                join,
+                end,
+                fresh_at_join,
+            }
+        })
+        .collect()
+}
+
+/// The join point of chunk `[start, end)` and whether it is just after a RESET.
 fn join_point(t: &TraceRef<'_>, start: usize, end: usize, all: u8) -> (usize, bool) {
     let mut written = 0u8;
     for i in start..end {
@@ -79,30 +113,28 @@ fn join_point(t: &TraceRef<'_>, start: usize, end: usize, all: u8) -> (usize, bo
     (end, false)
 }
 
-/// Replay chunk `[start, end)` from a guessed state (steps 1 and 2 of the module docs).
+/// Replay a chunk from a guessed state (steps 1 and 2 of the module docs).
 fn guess_chunk<M: Model + Clone>(
     fresh: &M,
     t: &TraceRef<'_>,
-    start: usize,
-    end: usize,
+    cut: Cut,
     warmup: usize,
     n_pmcs: usize,
 ) -> Chunk<M> {
-    let all = ((1u16 << n_pmcs) - 1) as u8;
-    // The first chunk starts from the true state: its guess is exact.
-    let (join, after_reset) = if start == 0 {
-        (0, true)
-    } else {
-        join_point(t, start, end, all)
-    };
+    let Cut {
+        start,
+        join,
+        end,
+        fresh_at_join,
+    } = cut;
     let mut m = fresh.clone();
     let mut at_join = None;
     let mut reads = Vec::new();
     let mut ok = true;
     if join < end {
-        // After a RESET the state is the reset state: nothing to warm up. (The warm-up's
-        // verdict on its records is not this chunk's: they are checked where they belong.)
-        if !after_reset {
+        // From the reset state there is nothing to warm up. (The warm-up's verdict on its
+        // records is not this chunk's: they are checked where they belong.)
+        if !fresh_at_join {
             let mut scratch = Vec::new();
             let from = start.saturating_sub(warmup);
             replay_checked(&mut m, &t.slice(from..join), n_pmcs, &mut scratch);
@@ -126,38 +158,36 @@ fn guess_chunk<M: Model + Clone>(
     }
 }
 
-/// Replay and check `t` in `chunks` chunks, one thread each (`warmup`: records replayed
+/// Replay and check `t` cut as `cuts` says, one thread a chunk (`warmup`: records replayed
 /// before each chunk but the first, to guess its state; `None` for the default). `None` if
 /// some record is invalid; else the final model, the READ values and how the chunks joined.
 fn replay_split<M: Model + Clone + Send + Sync>(
     fresh: M,
     t: &TraceRef<'_>,
     n_pmcs: usize,
-    chunks: usize,
+    cuts: &[Cut],
     warmup: Option<usize>,
 ) -> Option<(M, Vec<u64>, SplitStats)> {
-    let n = t.len();
-    let chunks = chunks.clamp(1, n.max(1));
-    let bounds = chunk_bounds(n, chunks);
-    let warmup = warmup.unwrap_or_else(|| (n / chunks / 16).clamp(WARMUP_MIN, WARMUP_MAX));
+    let warmup =
+        warmup.unwrap_or_else(|| (t.len() / cuts.len() / 16).clamp(WARMUP_MIN, WARMUP_MAX));
     // A thread of its own for each chunk but the first, which this thread replays: `threads`
     // means chunks, and no pool is built for a call. A thread the system cannot start leaves
     // its chunk to this thread.
-    let guess = |&(start, end): &(usize, usize)| guess_chunk(&fresh, t, start, end, warmup, n_pmcs);
+    let guess = |&cut: &Cut| guess_chunk(&fresh, t, cut, warmup, n_pmcs);
     let guessed: Vec<Chunk<M>> = std::thread::scope(|scope| {
-        let others: Vec<_> = bounds[1..]
+        let others: Vec<_> = cuts[1..]
             .iter()
-            .map(|b| {
+            .map(|c| {
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, move || guess(b))
-                    .map_err(|_| b)
+                    .spawn_scoped(scope, move || guess(c))
+                    .map_err(|_| c)
             })
             .collect();
-        let mut all = vec![guess(&bounds[0])];
+        let mut all = vec![guess(&cuts[0])];
         for other in others {
             all.push(match other {
                 Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                Err(b) => guess(b),
+                Err(c) => guess(c),
             });
         }
         all
@@ -229,29 +259,23 @@ pub fn simulate_on(
 ) -> Result<SimResult, CoreError> {
     crate::trace::check_n_pmcs(n_pmcs)?;
     let chunks = chunks_for(t.len(), threads);
-    if timeline || chunks == 1 || !joins_early(t, chunks, n_pmcs) {
+    if timeline || chunks == 1 {
         return crate::sim::simulate(t, policy, n_pmcs, timeline);
     }
-    simulate_split(t, policy, n_pmcs, chunks, None).map(|(r, _)| r)
+    let cuts = plan(t, chunks, n_pmcs);
+    if !joins_early(&cuts) {
+        return crate::sim::simulate(t, policy, n_pmcs, false);
+    }
+    simulate_cuts(t, policy, n_pmcs, &cuts, None).map(|(r, _)| r)
 }
 
 /// Whether every chunk's join point comes within the first quarter of the chunk. The records
 /// before it are replayed twice, the second time after the chunks before it: a chunk that
 /// joins late saves little (a workload-like trace, with no RESET and rare counter writes,
-/// joins after about 7,000 records). A scan of the ops, stopping at each join point.
-fn joins_early(t: &TraceRef<'_>, chunks: usize, n_pmcs: usize) -> bool {
-    let all = ((1u16 << n_pmcs) - 1) as u8;
-    chunk_bounds(t.len(), chunks)
-        .into_iter()
-        .skip(1)
-        .all(|(start, end)| (join_point(t, start, end, all).0 - start) * 4 <= end - start)
-}
-
-/// Chunk `k` of `chunks` over `n` records is `[k * n / chunks, (k + 1) * n / chunks)`.
-fn chunk_bounds(n: usize, chunks: usize) -> Vec<(usize, usize)> {
-    (0..chunks)
-        .map(|k| (k * n / chunks, (k + 1) * n / chunks))
-        .collect()
+/// joins after about 7,000 records).
+fn joins_early(cuts: &[Cut]) -> bool {
+    cuts.iter()
+        .all(|c| (c.join - c.start) * 4 <= c.end - c.start)
 }
 
 /// [`crate::sim::simulate`] without a timeline, in `chunks` chunks replayed in parallel, one
@@ -264,19 +288,30 @@ pub fn simulate_split(
     warmup: Option<usize>,
 ) -> Result<(SimResult, SplitStats), CoreError> {
     crate::trace::check_n_pmcs(n_pmcs)?;
+    simulate_cuts(t, policy, n_pmcs, &plan(t, chunks, n_pmcs), warmup)
+}
+
+/// [`simulate_split`] for a trace already cut (`n_pmcs` already checked).
+fn simulate_cuts(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    n_pmcs: usize,
+    cuts: &[Cut],
+    warmup: Option<usize>,
+) -> Result<(SimResult, SplitStats), CoreError> {
     fn run<M: Model + Clone + Send + Sync>(
         m: M,
         t: &TraceRef<'_>,
         n_pmcs: usize,
-        chunks: usize,
+        cuts: &[Cut],
         warmup: Option<usize>,
     ) -> Option<(SimResult, SplitStats)> {
-        let (m, reads, stats) = replay_split(m, t, n_pmcs, chunks, warmup)?;
+        let (m, reads, stats) = replay_split(m, t, n_pmcs, cuts, warmup)?;
         Some((SimResult::from_model(&m, n_pmcs, reads, None), stats))
     }
     let done = match AnyModel::new(policy, n_pmcs) {
-        AnyModel::Kvm(m) => run(m, t, n_pmcs, chunks, warmup),
-        AnyModel::Arch(m) => run(m, t, n_pmcs, chunks, warmup),
+        AnyModel::Kvm(m) => run(m, t, n_pmcs, cuts, warmup),
+        AnyModel::Arch(m) => run(m, t, n_pmcs, cuts, warmup),
     };
     match done {
         Some(r) => Ok(r),
