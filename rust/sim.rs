@@ -1634,7 +1634,7 @@ mod tests {
             let mut recs = t.as_ref().records().collect::<Vec<_>>();
             for r in recs.iter_mut() {
                 let x = rng.next_u64();
-                if x % 3 != 0 {
+                if !x.is_multiple_of(3) {
                     continue;
                 }
                 match r.op {
