@@ -143,7 +143,7 @@ fn guess_chunk<M: Model + Clone>(
         // The first chunk's READ values become the result's, which the others' are appended
         // to: room for all of them (pages are only taken as they are written).
         let from = if start == 0 { join..t.len() } else { join..end };
-        reads.reserve_exact(t.op[from].iter().filter(|&&o| o == op::READ).count());
+        reads.reserve_exact(crate::sim::count_reads(&t.slice(from)));
         ok = replay_checked(&mut m, &t.slice(join..end), n_pmcs, &mut reads);
     }
     Chunk {
