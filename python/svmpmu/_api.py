@@ -68,8 +68,8 @@ def simulate(
     ``svme`` and ``guest_mode`` arrays.
 
     A long trace (at least 8,192 records) is cut into chunks replayed on up to ``threads``
-    threads (default: one per core, or ``RAYON_NUM_THREADS``; never more than the cores); the
-    timeline is always made on one.
+    threads (default: one per core, or ``RAYON_NUM_THREADS``; never more than the cores or the
+    threads of the rayon pool); the timeline is always made on one.
     The results are the same for any thread count (README, "One trace on several threads").
     """
     _check_threads(threads)
