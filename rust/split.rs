@@ -229,13 +229,19 @@ fn differences(a: [u64; MAX_PMCS], b: [u64; MAX_PMCS]) -> [u64; MAX_PMCS] {
     std::array::from_fn(|i| a[i].wrapping_sub(b[i]))
 }
 
+/// The cores this process may run on, asked once: `available_parallelism` reads the cgroup
+/// files each time (23 us here, more than replaying 1,000 records).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
+}
+
 /// How many chunks a trace of `n` records is cut into for `threads` threads: at most one per
 /// thread, one per core and one per thread of the rayon pool they run on (more would only
 /// take turns), each of at least `MIN_CHUNK` records.
 pub fn chunks_for(n: usize, threads: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     threads
-        .min(cores)
+        .min(cores())
         .min(rayon::current_num_threads())
         .min(n / MIN_CHUNK)
         .max(1)
