@@ -170,19 +170,15 @@ fn replay_split<M: Model + Clone + Send + Sync>(
 ) -> Option<(M, Vec<u64>, SplitStats)> {
     let warmup =
         warmup.unwrap_or_else(|| (t.len() / cuts.len() / 16).clamp(WARMUP_MIN, WARMUP_MAX));
-    // This thread replays the first chunk; every other chunk is a task of the current rayon
-    // pool, whose threads are already running. Starting a thread for each chunk and joining
-    // it took 0.1 to 0.2 ms a call here; running every chunk in the pool (`rayon::scope`)
-    // took 20 to 90 us to wake this thread at the end.
+    // Each chunk is a task of the current rayon pool, whose threads are already running:
+    // starting a thread for each chunk and joining it took 0.1 to 0.2 ms a call here.
     let guess = |&cut: &Cut| guess_chunk(&fresh, t, cut, warmup, n_pmcs);
     let guess = &guess;
     let mut slots: Vec<Option<Chunk<M>>> = cuts.iter().map(|_| None).collect();
-    let (first, others) = slots.split_at_mut(1);
-    rayon::in_place_scope(|s| {
-        for (slot, cut) in others.iter_mut().zip(&cuts[1..]) {
+    rayon::scope(|s| {
+        for (slot, cut) in slots.iter_mut().zip(cuts) {
             s.spawn(move |_| *slot = Some(guess(cut)));
         }
-        first[0] = Some(guess(&cuts[0]));
     });
     let guessed = slots.into_iter().flatten();
     let mut m = fresh;
