@@ -555,8 +555,13 @@ impl Pmu {
 /// BMI2 (x86-64-v3), picked at run time by what the CPU has (`multiversion` detects it once
 /// and keeps the choice). The AVX2 build adds to the counters in two 256-bit lanes instead of
 /// three 128-bit ones and needs fewer moves: workload-like replay runs 4.5% faster. Building
-/// the whole crate for x86-64-v3 would tie the wheel to such CPUs.
-#[multiversion::multiversion(targets("x86_64+avx2+bmi1+bmi2+fma+lzcnt+popcnt"))]
+/// the whole crate for x86-64-v3 would tie the wheel to such CPUs. With
+/// `RUSTFLAGS='--cfg svmpmu_portable'` only the portable build is made, so that CI tests it on
+/// a CPU that has AVX2.
+#[cfg_attr(
+    not(svmpmu_portable),
+    multiversion::multiversion(targets("x86_64+avx2+bmi1+bmi2+fma+lzcnt+popcnt"))
+)]
 fn steady_stretch(
     pmu: &mut Pmu,
     s: &Steady,
@@ -1220,7 +1225,10 @@ const STEADY_PROBE: usize = 256;
 /// Replay and check the `STEADY_PAUSE` records from `start` (fewer at the end of the trace)
 /// one by one; where they end, and `false` if one is invalid. Built for AVX2 too, like
 /// [`steady_stretch`]: 3.7% faster on records in random order.
-#[multiversion::multiversion(targets("x86_64+avx2+bmi1+bmi2+fma+lzcnt+popcnt"))]
+#[cfg_attr(
+    not(svmpmu_portable),
+    multiversion::multiversion(targets("x86_64+avx2+bmi1+bmi2+fma+lzcnt+popcnt"))
+)]
 fn replay_paused<M: Model>(
     m: &mut M,
     t: &TraceRef<'_>,
