@@ -202,7 +202,10 @@ impl Pmu {
         };
     }
 
-    /// Store a (masked) selector value and refresh the masks derived from it.
+    /// Store a (masked) selector value and refresh the masks derived from it. Inlined, so
+    /// that the AVX2 build of the replay loops has its own (a call cost 4 more instructions
+    /// a record of random replay, one record in eight being a selector write).
+    #[inline(always)]
     fn set_eventsel(&mut self, i: usize, v: u64) {
         // Wraps so far are credited under the old INT bit.
         self.settle(i);
