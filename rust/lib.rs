@@ -219,17 +219,21 @@ mod python {
     }
 
     /// Run `f` on a rayon pool of `threads` threads (the global pool, which honours
-    /// RAYON_NUM_THREADS, when None).
+    /// RAYON_NUM_THREADS, when None). A process forked after the global pool started cannot
+    /// use it (`split::global_pool_usable`): there `f` gets a pool of as many threads of its
+    /// own.
     fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-        match threads {
-            None => Ok(f()),
-            Some(0) => Err(PyValueError::new_err("threads must be at least 1")),
-            Some(n) => rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map(|pool| pool.install(f))
-                .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}"))),
-        }
+        let n = match threads {
+            Some(0) => return Err(PyValueError::new_err("threads must be at least 1")),
+            Some(n) => n,
+            None if split::global_pool_usable() => return Ok(f()),
+            None => rayon::current_num_threads(),
+        };
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map(|pool| pool.install(f))
+            .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}")))
     }
 
     /// The generator's default mix (or, with `workload`, the workload-like one), as a dict

@@ -158,7 +158,8 @@ fn guess_chunk<M: Model + Clone>(
     }
 }
 
-/// Replay and check `t` cut as `cuts` says, one thread a chunk (`warmup`: records replayed
+/// Replay and check `t` cut as `cuts` says, each chunk a task of the current rayon pool
+/// (`warmup`: records replayed
 /// before each chunk but the first, to guess its state; `None` for the default). `None` if
 /// some record is invalid; else the final model, the READ values and how the chunks joined.
 fn replay_split<M: Model + Clone + Send + Sync>(
@@ -229,6 +230,18 @@ fn differences(a: [u64; MAX_PMCS], b: [u64; MAX_PMCS]) -> [u64; MAX_PMCS] {
     std::array::from_fn(|i| a[i].wrapping_sub(b[i]))
 }
 
+/// Whether rayon's global pool can run tasks in this process. Its threads do not survive
+/// `fork()`: a child forked after its parent started them (Python's `multiprocessing` forks
+/// by default on Linux) would wait forever for tasks handed to them. The first call records
+/// this process's id, and a forked child sees another. Every entry point that may use the
+/// global pool asks this first (`simulate_on` here, `with_threads` in the Python glue), so
+/// that the parent records its id before it starts the pool.
+pub fn global_pool_usable() -> bool {
+    static POOL_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = std::process::id();
+    *POOL_PID.get_or_init(|| pid) == pid
+}
+
 /// The cores this process may run on, asked once: `available_parallelism` reads the cgroup
 /// files each time (23 us here, more than replaying 1,000 records).
 fn cores() -> usize {
@@ -258,7 +271,14 @@ pub fn simulate_on(
     threads: usize,
 ) -> Result<SimResult, CoreError> {
     crate::trace::check_n_pmcs(n_pmcs)?;
-    let chunks = chunks_for(t.len(), threads);
+    // On a thread of some pool, the chunks run on that pool; else on the global one, which a
+    // forked child cannot use: it then replays on this thread.
+    let pool = rayon::current_thread_index().is_some() || global_pool_usable();
+    let chunks = if pool {
+        chunks_for(t.len(), threads)
+    } else {
+        1
+    };
     if timeline || chunks == 1 {
         return crate::sim::simulate(t, policy, n_pmcs, timeline);
     }
@@ -278,8 +298,9 @@ fn joins_early(cuts: &[Cut]) -> bool {
         .all(|c| (c.join - c.start) * 4 <= c.end - c.start)
 }
 
-/// [`crate::sim::simulate`] without a timeline, in `chunks` chunks replayed in parallel, one
-/// thread each; the same results for any `chunks`. `warmup`: see [`replay_split`].
+/// [`crate::sim::simulate`] without a timeline, in `chunks` chunks replayed in parallel as
+/// tasks of the current rayon pool; the same results for any `chunks`. `warmup`: see
+/// [`replay_split`].
 pub fn simulate_split(
     t: &TraceRef<'_>,
     policy: &Policy,
