@@ -565,6 +565,7 @@ impl Pmu {
     not(svmpmu_portable),
     multiversion::multiversion(targets("x86_64+avx2+bmi1+bmi2+fma+lzcnt+popcnt"))
 )]
+#[cfg_attr(svmpmu_portable, inline(never))]
 fn steady_stretch(
     pmu: &mut Pmu,
     s: &Steady,
@@ -1232,6 +1233,7 @@ const STEADY_PROBE: usize = 256;
     not(svmpmu_portable),
     multiversion::multiversion(targets("x86_64+avx2+bmi1+bmi2+fma+lzcnt+popcnt"))
 )]
+#[cfg_attr(svmpmu_portable, inline(never))]
 fn replay_paused<M: Model>(
     m: &mut M,
     t: &TraceRef<'_>,
@@ -1641,12 +1643,14 @@ mod tests {
         // A stretch checks its records' fields OR-ed together, whether their ops use them or
         // not, and looks closer only when that check fails: junk in the fields an op does not
         // use (a VMENTRY's CPL, a RUN's flag, an EMULATE's key) must leave the trace valid and
-        // its results unchanged, and junk in a field an op uses must still be found.
+        // its results unchanged, and junk in a field an op uses must still be found, by the
+        // OR-ed check in a clean trace and by the closer look in a trace with junk.
         let g = Generator::new(Mix::workload(), 6).unwrap();
         let mut rng = crate::gen::Rng::for_trace(23, 0);
         for k in 0..40u64 {
             let t = g.trace(9, k, 20_000);
-            let mut recs = t.as_ref().records().collect::<Vec<_>>();
+            let clean = t.as_ref().records().collect::<Vec<_>>();
+            let mut recs = clean.clone();
             for r in recs.iter_mut() {
                 let x = rng.next_u64();
                 if !x.is_multiple_of(3) {
@@ -1668,24 +1672,35 @@ mod tests {
                 "trace {k}"
             );
             let at = (rng.next_u64() % 20_000) as usize;
-            recs[at] = match k % 3 {
+            let wrong = match k % 5 {
                 0 => Record {
                     cpl: 4,
                     ..rec(op::RUN)
                 },
                 1 => Record {
+                    cpl: 4,
+                    ..rec(op::EMULATE)
+                },
+                2 => Record {
                     flag: 2,
                     ..rec(op::EMULATE)
                 },
-                _ => Record {
+                3 => Record {
                     key: KEY_LIMIT,
                     ..rec(op::RUN)
                 },
+                _ => Record {
+                    pmc: 6,
+                    ..rec(op::READ)
+                },
             };
-            let bad = TraceBuf::from_records(&recs);
-            let e = validate(&bad.as_ref(), 6).unwrap_err();
-            assert!(matches!(e, CoreError::Trace { index, .. } if index == at));
-            assert_eq!(simulate(&bad.as_ref(), &p, 6, false).unwrap_err(), e);
+            for mut records in [clean, recs] {
+                records[at] = wrong;
+                let bad = TraceBuf::from_records(&records);
+                let e = validate(&bad.as_ref(), 6).unwrap_err();
+                assert!(matches!(e, CoreError::Trace { index, .. } if index == at));
+                assert_eq!(simulate(&bad.as_ref(), &p, 6, false).unwrap_err(), e);
+            }
         }
     }
 
