@@ -463,46 +463,6 @@ impl StretchCheck {
 }
 
 impl Pmu {
-    /// Replay records from `start` for as long as they are RUN, EMULATE, VMENTRY or READ,
-    /// under `s`, checking them as the validator would. A real guest's trace is mostly such
-    /// stretches; here a record costs a table lookup, a few masks and lane adds, and no branch
-    /// on its op. Returns where the stretch ended and whether all its records were valid.
-    #[inline(always)]
-    fn replay_steady(
-        &mut self,
-        s: &Steady,
-        t: &TraceRef<'_>,
-        start: usize,
-        n_pmcs: usize,
-        reads: &mut Vec<u64>,
-    ) -> (usize, bool) {
-        if self.adds_since_settle >= SETTLE_EVERY / 2 {
-            self.settle_all();
-        }
-        let adds_left = (SETTLE_EVERY - self.adds_since_settle) as usize;
-        let end = t.len().min(start.saturating_add(adds_left));
-        let mut check = StretchCheck::default();
-        let mut i = start;
-        loop {
-            i = if self.index.spill == 0 {
-                self.count_stretch::<true>(s, t, i, end, &mut check)
-            } else {
-                self.count_stretch::<false>(s, t, i, end, &mut check)
-            };
-            if i >= end || t.op[i] != op::READ {
-                break;
-            }
-            let pmc = t.pmc[i];
-            check.bad_pmc |= pmc as usize >= n_pmcs;
-            reads.push(self.read(pmc as usize));
-            i += 1;
-        }
-        // READs counted as adds too: a bound, not a count.
-        self.adds_since_settle += (i - start) as u32;
-        // Fields out of range that the records' ops may not use: check them exactly.
-        (i, check.ok() || fields_ok(&t.slice(start..i), n_pmcs))
-    }
-
     /// The RUN, EMULATE and VMENTRY records from `start` on (up to `end`), counted with the
     /// counters in registers; returns where they end. `INDEXED`: every key is in the table.
     #[inline(always)]
@@ -554,11 +514,16 @@ impl Pmu {
     }
 }
 
-/// [`Pmu::replay_steady`], compiled twice: for any x86-64 (SSE2) and for CPUs with AVX2 and
-/// BMI2 (x86-64-v3), picked at run time by what the CPU has (`multiversion` detects it once
-/// and keeps the choice). The AVX2 build adds to the counters in two 256-bit lanes instead of
-/// three 128-bit ones and needs fewer moves: workload-like replay runs 4.5% faster. Building
-/// the whole crate for x86-64-v3 would tie the wheel to such CPUs. With
+/// Replay records from `start` for as long as they are RUN, EMULATE, VMENTRY or READ, under
+/// `s`, checking them as the validator would. A real guest's trace is mostly such stretches;
+/// here a record costs a table lookup, a few masks and lane adds, and no branch on its op.
+/// Returns where the stretch ended and whether all its records were valid.
+///
+/// Compiled twice: for any x86-64 (SSE2) and for CPUs with AVX2 and BMI2 (x86-64-v3), picked
+/// at run time by what the CPU has (`multiversion` detects it once and keeps the choice; it
+/// takes no methods, hence a function). The AVX2 build adds to the counters in two 256-bit
+/// lanes instead of three 128-bit ones and needs fewer moves: workload-like replay runs 4.5%
+/// faster. Building the whole crate for x86-64-v3 would tie the wheel to such CPUs. With
 /// `RUSTFLAGS='--cfg svmpmu_portable'` only the portable build is made, so that CI tests it on
 /// a CPU that has AVX2.
 #[cfg_attr(
@@ -574,7 +539,31 @@ fn steady_stretch(
     n_pmcs: usize,
     reads: &mut Vec<u64>,
 ) -> (usize, bool) {
-    pmu.replay_steady(s, t, start, n_pmcs, reads)
+    if pmu.adds_since_settle >= SETTLE_EVERY / 2 {
+        pmu.settle_all();
+    }
+    let adds_left = (SETTLE_EVERY - pmu.adds_since_settle) as usize;
+    let end = t.len().min(start.saturating_add(adds_left));
+    let mut check = StretchCheck::default();
+    let mut i = start;
+    loop {
+        i = if pmu.index.spill == 0 {
+            pmu.count_stretch::<true>(s, t, i, end, &mut check)
+        } else {
+            pmu.count_stretch::<false>(s, t, i, end, &mut check)
+        };
+        if i >= end || t.op[i] != op::READ {
+            break;
+        }
+        let pmc = t.pmc[i];
+        check.bad_pmc |= pmc as usize >= n_pmcs;
+        reads.push(pmu.read(pmc as usize));
+        i += 1;
+    }
+    // READs counted as adds too: a bound, not a count.
+    pmu.adds_since_settle += (i - start) as u32;
+    // Fields out of range that the records' ops may not use: check them exactly.
+    (i, check.ok() || fields_ok(&t.slice(start..i), n_pmcs))
 }
 
 /// What one step of a model observes: the model's counter state, for comparisons.
@@ -602,7 +591,7 @@ pub trait Model {
     /// a VM-entry (RUN or VMENTRY, which re-evaluate what is pending before anything else),
     /// that re-evaluation is done here, and the stretch may start.
     fn steady_ready(&mut self, first: u8) -> bool;
-    /// Replay the steady stretch (see [`Steady`]) that starts at `start`, when
+    /// Replay the steady stretch (see `Steady`) that starts at `start`, when
     /// `steady_ready(first)`; returns where it ended and whether its records were valid.
     fn replay_steady(
         &mut self,

@@ -299,8 +299,8 @@ fn joins_early(cuts: &[Cut]) -> bool {
 }
 
 /// [`crate::sim::simulate`] without a timeline, in `chunks` chunks replayed in parallel as
-/// tasks of the current rayon pool; the same results for any `chunks`. `warmup`: see
-/// [`replay_split`].
+/// tasks of the current rayon pool; the same results for any `chunks`. `warmup`: records
+/// replayed before each chunk but the first, to guess its state (`None` for the default).
 pub fn simulate_split(
     t: &TraceRef<'_>,
     policy: &Policy,
