@@ -1654,11 +1654,13 @@ mod tests {
 
     #[test]
     fn unused_fields_of_steady_records_are_ignored() {
-        // A stretch checks its records' fields OR-ed together, whether their ops use them or
-        // not, and looks closer only when that check fails: junk in the fields an op does not
-        // use (a VMENTRY's CPL, a RUN's flag, an EMULATE's key and value) must leave the trace valid and
-        // its results unchanged, and junk in a field an op uses must still be found, by the
-        // OR-ed check in a clean trace and by the closer look in a trace with junk.
+        // A stretch hands over records whose CPL or flag is out of a RUN's or an EMULATE's
+        // range (the per-record path checks them exactly), and checks its records' keys OR-ed
+        // together, whether their ops use them or not, looking closer only when that check
+        // fails: junk in the fields an op does not use (a VMENTRY's CPL, a RUN's flag, an
+        // EMULATE's key and value) must leave the trace valid and its results unchanged, and
+        // junk in a field an op uses must still be found, in a clean trace and in a trace
+        // with junk.
         let g = Generator::new(Mix::workload(), 6).unwrap();
         let mut rng = crate::gen::Rng::for_trace(23, 0);
         for k in 0..40u64 {
