@@ -40,7 +40,8 @@ struct Pmu {
     /// counter i plus 2^48 times the wraps not yet folded into `overflows[i]` and `pmis[i]`.
     /// The wraps are folded (`settle`) before anything that changes how a wrap is credited
     /// (the INT bit, a counter write) and after at most `SETTLE_EVERY` adds, so `raw` stays far
-    /// from 2^64. Lanes 6 and 7 are padding, always zero.
+    /// from 2^64. Lanes 6 and 7 are padding, zero in a valid trace (a counter write to PMC 6
+    /// or 7, in a trace then rejected, may leave something there).
     raw: [u64; LANES],
     /// Overflow and PMI counts, modulo 2^64 (all arithmetic on them wraps): a chunk of a split
     /// replay may hold a count shifted by a "negative" difference until its pending wraps
@@ -448,8 +449,9 @@ const STOP_READ: u8 = STOP | 0x40;
 /// Decode the records `[from, from + w)` of `t` (`w` at most [`WINDOW`], returned) for the
 /// stretch loop: each record's [`steady_class`], or [`STOP_READ`] for a READ, or [`STOP`]
 /// when the loop must hand the record over: its op is not RUN, EMULATE, VMENTRY or READ, or
-/// its CPL or flag is out of the range of a RUN's or an EMULATE's (whether the op uses it or
-/// not: the per-record path then checks it exactly; the generator zeroes unused fields). One
+/// it is not a READ and has a CPL above 3 or a flag above 1, out of an EMULATE's ranges,
+/// whether its op uses the field or not (the per-record path then checks it exactly; the
+/// generator zeroes unused fields). One
 /// pass over three byte columns with no branch, so that it vectorises (32 records a step with
 /// AVX2); the loop then reads one byte a record where it read three and checked them.
 #[inline(always)]
@@ -485,7 +487,7 @@ impl Pmu {
         n_pmcs: usize,
         reads: &mut Vec<u64>,
     ) -> (usize, u32, bool) {
-        // All eight lanes (two are padding): with six, the portable build kept the counters
+        // All eight lanes (two are padding, see `raw`): with six, the portable build kept the counters
         // in general registers and moved them to and from vector ones for every add (210
         // against 343 M records/s).
         let mut raw: [u64; LANES] = self.raw;
@@ -499,7 +501,8 @@ impl Pmu {
                 let c = decoded[j];
                 let (key, v) = (keys[j], values[j]);
                 // A huge value ends the stretch: a huge RUN takes the exact path of `add`.
-                // (Any op's: a value its op ignores is zero but in hand-made traces.)
+                // (Any counted op's: a value its op ignores is zero but in hand-made traces.
+                // A READ is read whatever its value.)
                 if c & STOP != 0 || (v >> FAST_ADD_BITS) != 0 {
                     if c != STOP_READ {
                         i += j;
@@ -1674,11 +1677,16 @@ mod tests {
                 }
                 // Values, mostly huge: an op that ignores its value must not count it, and
                 // a stretch must not mistake it for a huge RUN's.
+                // Half of the junk keys come with clean other fields, so that the stretch
+                // counts the record and its OR-ed key check fails (then the closer look).
+                let clean = x & 2 == 0;
                 match r.op {
+                    op::VMENTRY if clean => r.key = u32::MAX,
                     op::VMENTRY => {
                         (r.cpl, r.flag, r.key, r.value) = (x as u8 | 4, 0xFF, u32::MAX, x)
                     }
                     op::RUN => r.flag = (x >> 8) as u8 | 2,
+                    op::EMULATE if clean => r.key = (x >> 32) as u32 | KEY_LIMIT,
                     op::EMULATE => (r.key, r.value) = ((x >> 32) as u32 | KEY_LIMIT, x),
                     op::READ => (r.cpl, r.flag, r.key, r.value) = (7, 7, u32::MAX, !x),
                     _ => {}
@@ -1839,6 +1847,91 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn stretch_checks_hold_at_their_limits() {
+        // The checks a stretch leaves to the end (keys OR-ed, READs' PMCs) at their exact
+        // limits, for every PMC count: what `validate` says, with the same index.
+        for n_pmcs in 1..=MAX_PMCS {
+            let key = |key, value| Record {
+                key,
+                value,
+                ..rec(op::RUN)
+            };
+            let traces = [
+                // A RUN's key of exactly 2^20: invalid.
+                vec![rec(op::EMULATE), key(KEY_LIMIT, 1)],
+                vec![rec(op::EMULATE), key(KEY_LIMIT - 1, 1)],
+                // An EMULATE's key is not used: valid whatever it is.
+                vec![
+                    rec(op::EMULATE),
+                    Record {
+                        key: u32::MAX - 1,
+                        ..rec(op::EMULATE)
+                    },
+                ],
+                // A READ of the first PMC beyond n_pmcs: invalid; of the last one: valid.
+                vec![
+                    key(1, 3),
+                    Record {
+                        pmc: n_pmcs as u8,
+                        ..rec(op::READ)
+                    },
+                ],
+                vec![
+                    key(1, 3),
+                    Record {
+                        pmc: n_pmcs as u8 - 1,
+                        ..rec(op::READ)
+                    },
+                ],
+            ];
+            for (k, recs) in traces.iter().enumerate() {
+                let t = TraceBuf::from_records(recs);
+                for name in ["final", "arch"] {
+                    let p = Policy::preset(name).unwrap();
+                    let expected = validate(&t.as_ref(), n_pmcs)
+                        .map(|()| simulate_valid(&t.as_ref(), &p, n_pmcs, false));
+                    assert_eq!(
+                        simulate(&t.as_ref(), &p, n_pmcs, false),
+                        expected,
+                        "{name}, n_pmcs {n_pmcs}, trace {k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_stretches_still_settle() {
+        // The lazy counters stay far from 2^64 because a stretch stops after the adds left
+        // before the next settlement and counts its adds. 3 x 2^20 RUNs in a row: the count
+        // of adds since the last settlement must stay within the bound, and count the last
+        // stretch's records (nearly 2^20 of them).
+        let sel = EN | OS | USR | INSTRUCTIONS_RETIRED as u64;
+        let mut recs = vec![Record {
+            value: sel,
+            ..rec(op::WRMSR_EVTSEL)
+        }];
+        recs.resize(
+            1 + 3 * SETTLE_EVERY as usize,
+            Record {
+                key: INSTRUCTIONS_RETIRED,
+                value: 1,
+                ..rec(op::RUN)
+            },
+        );
+        let t = TraceBuf::from_records(&recs);
+        let Policy::Kvm(p) = Policy::preset("final").unwrap() else {
+            unreachable!()
+        };
+        let mut m = Kvm::new(p, 6);
+        let mut reads = Vec::new();
+        assert!(replay_checked(&mut m, &t.as_ref(), 6, &mut reads));
+        let adds = m.pmu.adds_since_settle;
+        assert!((SETTLE_EVERY / 2..=SETTLE_EVERY).contains(&adds), "{adds}");
+        assert_eq!(m.counters()[0], 1 + 3 * SETTLE_EVERY as u64);
     }
 
     #[test]
