@@ -448,9 +448,9 @@ const STOP_READ: u8 = STOP | 0x40;
 /// when the loop must hand the record over: its op is not RUN, EMULATE, VMENTRY or READ, or
 /// it is not a READ and has a CPL above 3 or a flag above 1, out of an EMULATE's ranges,
 /// whether its op uses the field or not (the per-record path then checks it exactly; the
-/// generator zeroes unused fields). One
-/// pass over three byte columns with no branch, so that it vectorises (32 records a step with
-/// AVX2); the loop then reads one byte a record where it read three and checked them.
+/// generator zeroes unused fields). One pass over three byte columns with no branch, so that
+/// it vectorises (32 records a step with AVX2); the loop then reads one byte a record where
+/// it read three and checked them.
 #[inline(always)]
 fn decode_window(t: &TraceRef<'_>, from: usize, end: usize, out: &mut [u8; WINDOW]) -> usize {
     let w = (end - from).min(WINDOW);
@@ -463,7 +463,7 @@ fn decode_window(t: &TraceRef<'_>, from: usize, end: usize, out: &mut [u8; WINDO
         let (o, c, f) = (ops[j], cpls[j], flags[j]);
         let counted = o.wrapping_sub(op::EMULATE) <= op::VMENTRY - op::EMULATE;
         let ok = counted & (c <= 3) & (f <= 1);
-        let class = (o & 3) << 2 | ((c != 0) as u8) << 1 | (f & 1);
+        let class = steady_class(o, c, f) as u8;
         let stop = if o == op::READ { STOP_READ } else { STOP };
         out[j] = if ok { class } else { stop };
     }
@@ -484,9 +484,9 @@ impl Pmu {
         n_pmcs: usize,
         reads: &mut Vec<u64>,
     ) -> (usize, u32, bool) {
-        // All eight lanes (two are padding, see `raw`): with six, the portable build kept the counters
-        // in general registers and moved them to and from vector ones for every add (210
-        // against 343 M records/s).
+        // All eight lanes (two are padding, see `raw`): with six, the portable build kept the
+        // counters in general registers and moved them to and from vector ones for every add
+        // (210 against 343 M records/s).
         let mut raw: [u64; LANES] = self.raw;
         let mut decoded = [STOP; WINDOW];
         let (mut key_bits, mut bad_pmc) = (0u32, false);
