@@ -1160,11 +1160,11 @@ fn run_model<M: Model>(mut m: M, t: &TraceRef<'_>, n_pmcs: usize, timeline: bool
 /// Replay a trace and check every record rule in the same pass (without a second read of
 /// the columns); `false` if some record is invalid, and then the model's state is garbage.
 ///
-/// Steady stretches (see [`Pmu::set_steady`]) pay off when they are long; on records in random order
-/// they last two records or so and cost more than they save. `gain` sums how far the recent
-/// stretches were from paying off; when it runs low, the next `STEADY_PAUSE` records are
-/// replayed one by one by [`replay_paused`], whose loop (with no call in it) compiles tighter,
-/// and then stretches are tried again. Either path gives the same results.
+/// Steady stretches (see [`Pmu::set_steady`]) pay off when they are long; on records in
+/// random order they last two records or so and cost more than they save. `gain` sums how far
+/// the recent stretches were from paying off; when it runs low, the next `STEADY_PAUSE`
+/// records are replayed one by one by [`replay_paused`], whose loop (with no call in it)
+/// compiles tighter, and then stretches are tried again. Either path gives the same results.
 ///
 /// Compiled twice, with the stretch loop ([`steady_stretch`]) and the models' steps inlined:
 /// for any x86-64 (SSE2) and for CPUs with AVX2 and BMI2 (x86-64-v3), picked at run time by
