@@ -36,8 +36,9 @@ pub fn check_offsets(offsets: &[u64], len: usize) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Validate and replay every trace of a batch; the same as [`crate::sim::simulate`] on each trace, for
-/// any thread count. An invalid trace fails the whole batch, naming the lowest such trace.
+/// Validate and replay every trace of a batch; the same as [`crate::sim::simulate`] on each
+/// trace, for any thread count. An invalid trace fails the whole batch, naming the lowest such
+/// trace.
 pub fn simulate_batch(
     t: &TraceRef<'_>,
     offsets: &[u64],
