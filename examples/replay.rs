@@ -1,21 +1,15 @@
 //! Replay one generated trace through a preset, for profiling the hot loop without Python:
 //! `cargo run --release --no-default-features --example replay -- final 10000000 [seed [steady|workload]]`.
-use _core::gen::Generator;
 use _core::sim::{simulate, simulate_valid};
 use std::time::Instant;
 
 mod common;
 
 fn main() {
-    let common::Args {
-        preset,
-        policy,
-        n,
-        seed,
-        mix,
-    } = common::parse();
+    let args = common::parse();
+    let (preset, policy, n) = (&args.preset, &args.policy, args.n);
     let start = Instant::now();
-    let buf = Generator::new(mix, 6).expect("mix").trace(seed, 0, n);
+    let buf = args.trace();
     let g = start.elapsed().as_secs_f64();
     println!(
         "generate: {:.1} M records/s (one trace, one thread)",
@@ -27,14 +21,14 @@ fn main() {
     let v = start.elapsed().as_secs_f64();
     println!("validate: {:.1} M records/s", n as f64 / v / 1e6);
     let start = Instant::now();
-    let checked = simulate(&t, &policy, 6, false).expect("valid");
+    let checked = simulate(&t, policy, 6, false).expect("valid");
     let c = start.elapsed().as_secs_f64();
     println!(
         "{preset}: validated and replayed at {:.1} M records/s",
         n as f64 / c / 1e6
     );
     let start = Instant::now();
-    let r = simulate_valid(&t, &policy, 6, false);
+    let r = simulate_valid(&t, policy, 6, false);
     assert_eq!(r, checked);
     let secs = start.elapsed().as_secs_f64();
     println!(

@@ -1,7 +1,6 @@
 //! Replay one generated trace cut into 1 and 2 chunks (one thread each), against one thread,
 //! with how the chunks joined:
 //! `cargo run --release --no-default-features --example split -- final 10000000 [seed [steady|workload]]`.
-use _core::gen::Generator;
 use _core::sim::simulate_valid;
 use _core::split::simulate_split;
 use std::time::Instant;
@@ -9,19 +8,14 @@ use std::time::Instant;
 mod common;
 
 fn main() {
-    let common::Args {
-        preset,
-        policy,
-        n,
-        seed,
-        mix,
-    } = common::parse();
-    let buf = Generator::new(mix, 6).expect("mix").trace(seed, 0, n);
+    let args = common::parse();
+    let (preset, policy, n) = (&args.preset, &args.policy, args.n);
+    let buf = args.trace();
     let t = buf.as_ref();
-    let one = simulate_valid(&t, &policy, 6, false);
+    let one = simulate_valid(&t, policy, 6, false);
     for chunks in [1, 2, 1, 2, 1, 2] {
         let start = Instant::now();
-        let (r, stats) = simulate_split(&t, &policy, 6, chunks, None).expect("valid");
+        let (r, stats) = simulate_split(&t, policy, 6, chunks, None).expect("valid");
         let secs = start.elapsed().as_secs_f64();
         assert_eq!(r, one);
         println!(

@@ -159,9 +159,9 @@ fn guess_chunk<M: Model + Clone>(
 }
 
 /// Replay and check `t` cut as `cuts` says, each chunk a task of the current rayon pool
-/// (`warmup`: records replayed
-/// before each chunk but the first, to guess its state; `None` for the default). `None` if
-/// some record is invalid; else the final model, the READ values and how the chunks joined.
+/// (`warmup`: records replayed before each chunk but the first, to guess its state; `None`
+/// for the default). `None` if some record is invalid; else the final model, the READ values
+/// and how the chunks joined.
 fn replay_split<M: Model + Clone + Send + Sync>(
     fresh: M,
     t: &TraceRef<'_>,

@@ -1,6 +1,7 @@
 //! The command line the profiling examples share: `PRESET N [seed [steady|workload]]`.
-use _core::gen::Mix;
+use _core::gen::{Generator, Mix};
 use _core::model::{op, Policy};
+use _core::trace::TraceBuf;
 
 /// What to replay: a preset, a trace length, a seed and a mix.
 pub struct Args {
@@ -9,6 +10,15 @@ pub struct Args {
     pub n: usize,
     pub seed: u64,
     pub mix: Mix,
+}
+
+impl Args {
+    /// The trace to replay: `n` records of the mix from the seed, for 6 PMCs.
+    pub fn trace(&self) -> TraceBuf {
+        Generator::new(self.mix.clone(), 6)
+            .expect("mix")
+            .trace(self.seed, 0, self.n)
+    }
 }
 
 /// Parse the arguments (defaults: `final 10000000 1`, the default mix).
