@@ -57,6 +57,17 @@ def test_presets_lists_every_preset_and_knob(capsys):
     assert "vmrun_order" in out and "before_entry" in out
 
 
+def test_the_first_value_of_each_knob_is_its_default(capsys):
+    # `svmpmu presets` says so, and KNOB_VALUES documents it.
+    default = svmpmu.Policy()
+    for knob, values in svmpmu.KNOB_VALUES.items():
+        assert values[0] == getattr(default, knob), knob
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "(the first is the default)" in out
+    assert "vmrun_order              after_entry | before_entry" in out
+
+
 def test_version_and_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
