@@ -187,8 +187,8 @@ fn timing(knob: &str, value: &str) -> Result<Timing, CoreError> {
 impl Policy {
     /// A policy from its knobs, given as strings in the order of [`KNOBS`] (booleans as
     /// "true"/"false"). Every knob is checked, whichever model is chosen.
-    pub fn from_knobs(values: &[String; 15]) -> Result<Policy, CoreError> {
-        let v = |i: usize| values[i].as_str();
+    pub fn from_knobs(values: &[&str; 15]) -> Result<Policy, CoreError> {
+        let v = |i: usize| values[i];
         let arch = choose(KNOBS[0], v(0), "arch", "kvm")?;
         let kvm = KvmPolicy {
             svme0_ignore: choose(KNOBS[1], v(1), "ignore", "off")?,

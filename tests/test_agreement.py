@@ -3,7 +3,9 @@ errors) on many thousands of traces, for every preset and for random knob combin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 import random
 
 import numpy as np
@@ -121,6 +123,20 @@ def test_policy_overrides_reach_both():
     for knob, values in KNOB_VALUES.items():
         for value in values:
             assert_same(trace, dataclasses.replace(base, **{knob: value}), timeline=False)
+
+
+def test_a_policy_used_by_the_core_still_copies_and_pickles():
+    # The core reads a policy's knobs once (Policy._core_knobs, cached on the instance).
+    trace = svmpmu.generate(1, 500, seed=4).trace(0)
+    p = dataclasses.replace(Policy.preset("final"), vmrun_order="before_entry")
+    first = svmpmu.simulate(trace, p)
+    assert first != svmpmu.simulate(trace, "final")  # the knob matters on this trace
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert q == p and repr(q) == repr(p)
+        assert svmpmu.simulate(trace, q) == first
+    # A replaced knob is read again, not taken from the original's cache.
+    back = dataclasses.replace(p, vmrun_order="after_entry")
+    assert svmpmu.simulate(trace, back) == svmpmu.simulate(trace, "final")
 
 
 @pytest.mark.parametrize("preset", ["final", "v4", "legacy", "arch"])

@@ -118,7 +118,9 @@ def test_shrinking_keeps_the_class_and_is_minimal():
     assert report.classes
     for c in report.classes:
         cols = tuple(c.reproducer.columns().values())
-        sigs = svmpmu._core.signatures(cols, report.policy, report.reference, 6)
+        sigs = svmpmu._core.signatures(
+            cols, report.policy._core_knobs, report.reference._core_knobs, 6
+        )
         assert c.signature.as_tuple() in [tuple(s) for s in sigs]
         assert len(c.reproducer) <= c.original_length
         # 1-minimal: dropping any one record loses the class or the trace's validity.
@@ -128,7 +130,10 @@ def test_shrinking_keeps_the_class_and_is_minimal():
             t = svmpmu.Trace(*(col[keep] for col in c.reproducer.columns().values()))
             try:
                 s = svmpmu._core.signatures(
-                    tuple(t.columns().values()), report.policy, report.reference, 6
+                    tuple(t.columns().values()),
+                    report.policy._core_knobs,
+                    report.reference._core_knobs,
+                    6,
                 )
             except TraceError:
                 continue
@@ -226,7 +231,9 @@ def test_counterexamples_show_where_the_models_count_differently():
         assert "<- policy counts on PMC" in text or "<- reference counts on PMC" in text
         # The per-record masks agree with the core's count masks on the reproducer.
         cols = tuple(c.reproducer.columns().values())
-        assert np.array_equal(svmpmu._core.count_masks(cols, report.policy, 6), c.policy_counted)
+        assert np.array_equal(
+            svmpmu._core.count_masks(cols, report.policy._core_knobs, 6), c.policy_counted
+        )
 
 
 def test_impossible_sizes_are_memory_errors_not_crashes(capsys):

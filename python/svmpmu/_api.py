@@ -73,9 +73,9 @@ def simulate(
     The results are the same for any thread count (README, "One trace on several threads").
     """
     _check_threads(threads)
-    resolved = resolve_policy(policy)
+    knobs = resolve_policy(policy)._core_knobs
     columns = _columns(trace)
-    return Result(*_core.simulate(columns, resolved, _n_pmcs(n_pmcs), bool(timeline), threads))
+    return Result(*_core.simulate(columns, knobs, _n_pmcs(n_pmcs), bool(timeline), threads))
 
 
 def compare(
@@ -83,7 +83,9 @@ def compare(
 ) -> Comparison:
     """Replay ``trace`` through ``policy`` and ``reference`` side by side (model.md section 8)."""
     p, q = resolve_policy(policy), resolve_policy(reference)
-    diverges, first, a, b = _core.compare(_columns(trace), p, q, _n_pmcs(n_pmcs))
+    diverges, first, a, b = _core.compare(
+        _columns(trace), p._core_knobs, q._core_knobs, _n_pmcs(n_pmcs)
+    )
     policy_result, reference_result = Result(*a), Result(*b)
     differing_pmcs = tuple(
         i
@@ -176,6 +178,6 @@ def simulate_batch(
     if not isinstance(batch, TraceBatch):
         raise TypeError(f"expected a svmpmu.TraceBatch, got {type(batch).__name__}")
     _check_threads(threads)
-    resolved = resolve_policy(policy)
+    knobs = resolve_policy(policy)._core_knobs
     columns, offsets = batch._core_args()
-    return BatchResult(*_core.simulate_batch(columns, offsets, resolved, _n_pmcs(n_pmcs), threads))
+    return BatchResult(*_core.simulate_batch(columns, offsets, knobs, _n_pmcs(n_pmcs), threads))

@@ -1,7 +1,8 @@
 """Type stubs of the Rust extension ``svmpmu._core`` (internal: use the ``svmpmu`` API).
 
 A trace crosses the boundary as a tuple of its six columns (see ``svmpmu.COLUMNS``); a policy
-as any object with the knob attributes of ``svmpmu.Policy``; a mix as a ``svmpmu.Mix``.
+as the tuple of its 15 knob values as strings (``svmpmu.Policy._core_knobs``); a mix as a
+``svmpmu.Mix``.
 """
 
 from typing import Any
@@ -41,15 +42,16 @@ _Result = tuple[
     npt.NDArray[np.bool_] | None,
 ]
 _Signature = tuple[int, int, int, int, bool]
+_Knobs = tuple[str, ...]
 
 def simulate(
-    columns: _Columns, policy: Any, n_pmcs: int, timeline: bool, threads: int | None = None
+    columns: _Columns, policy: _Knobs, n_pmcs: int, timeline: bool, threads: int | None = None
 ) -> _Result: ...
 def compare(
-    columns: _Columns, policy: Any, reference: Any, n_pmcs: int
+    columns: _Columns, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> tuple[bool, int | None, _Result, _Result]: ...
 def validate(columns: _Columns, n_pmcs: int) -> None: ...
-def count_masks(columns: _Columns, policy: Any, n_pmcs: int) -> _U8: ...
+def count_masks(columns: _Columns, policy: _Knobs, n_pmcs: int) -> _U8: ...
 def default_mix(workload: bool = False) -> dict[str, Any]: ...
 def generate(
     n_traces: int,
@@ -61,7 +63,7 @@ def generate(
 ) -> tuple[_Columns, _U64]: ...
 def generate_one(seed: int, index: int, length: int, n_pmcs: int, mix: Any) -> _Columns: ...
 def simulate_batch(
-    columns: _Columns, offsets: _U64, policy: Any, n_pmcs: int, threads: int | None = None
+    columns: _Columns, offsets: _U64, policy: _Knobs, n_pmcs: int, threads: int | None = None
 ) -> tuple[
     npt.NDArray[np.uint64],
     npt.NDArray[np.uint64],
@@ -71,8 +73,8 @@ def simulate_batch(
     _U64,
 ]: ...
 def fuzz_range(
-    policy: Any,
-    reference: Any,
+    policy: _Knobs,
+    reference: _Knobs,
     seed: int,
     length: int,
     n_pmcs: int,
@@ -81,7 +83,9 @@ def fuzz_range(
     end: int,
     threads: int | None = None,
 ) -> tuple[int, int, int, list[tuple[_Signature, int, int]]]: ...
-def signatures(columns: _Columns, policy: Any, reference: Any, n_pmcs: int) -> list[_Signature]: ...
+def signatures(
+    columns: _Columns, policy: _Knobs, reference: _Knobs, n_pmcs: int
+) -> list[_Signature]: ...
 def shrink(
-    columns: _Columns, signature: _Signature, policy: Any, reference: Any, n_pmcs: int
+    columns: _Columns, signature: _Signature, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> _Columns: ...

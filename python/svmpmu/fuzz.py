@@ -231,7 +231,8 @@ def fuzz(
     mix = mix if mix is not None else Mix()
     _check_run(traces, length, seed, threads)
     # Fail on a bad policy, mix or n_pmcs before any work.
-    _core.fuzz_range(p, q, seed, length, n_pmcs, mix, 0, 0, threads)
+    pk, qk = p._core_knobs, q._core_knobs
+    _core.fuzz_range(pk, qk, seed, length, n_pmcs, mix, 0, 0, threads)
     done = records = diverging = 0
     tallies: dict[tuple, list[int]] = {}
     complete = True
@@ -240,7 +241,7 @@ def fuzz(
         while done < traces:
             end = min(done + block, traces)
             _n, r, d, classes = _core.fuzz_range(
-                p, q, seed, length, n_pmcs, mix, done, end, threads
+                pk, qk, seed, length, n_pmcs, mix, done, end, threads
             )
             records += r
             diverging += d
@@ -258,7 +259,7 @@ def fuzz(
     found = []
     for sig, (count, first) in ordered:
         original = _regenerate(seed, first, length, n_pmcs, mix)
-        small = Trace(*_core.shrink(_columns(original), sig, p, q, n_pmcs))
+        small = Trace(*_core.shrink(_columns(original), sig, pk, qk, n_pmcs))
         columns = _columns(small)
         found.append(
             DivergenceClass(
@@ -268,8 +269,8 @@ def fuzz(
                 original_length=len(original),
                 reproducer=small,
                 comparison=compare(small, p, q, n_pmcs=n_pmcs),
-                policy_counted=_core.count_masks(columns, p, n_pmcs),
-                reference_counted=_core.count_masks(columns, q, n_pmcs),
+                policy_counted=_core.count_masks(columns, pk, n_pmcs),
+                reference_counted=_core.count_masks(columns, qk, n_pmcs),
             )
         )
     return FuzzReport(
