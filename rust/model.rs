@@ -142,7 +142,9 @@ impl KvmPolicy {
     };
 }
 
-/// The knob names of a policy, in the order [`Policy::from_knobs`] reads them.
+/// The knob names of a policy, in the order [`Policy::from_knobs`] reads them: the order of
+/// `svmpmu.KNOB_VALUES`, in which `Policy._core_knobs` hands them over (the Python tests
+/// that change each knob and compare with the oracle catch a mismatch).
 pub const KNOBS: [&str; 15] = [
     "model",
     "svme0",
@@ -188,25 +190,24 @@ impl Policy {
     /// A policy from its knobs, given as strings in the order of [`KNOBS`] (booleans as
     /// "true"/"false"). Every knob is checked, whichever model is chosen.
     pub fn from_knobs(values: &[&str; 15]) -> Result<Policy, CoreError> {
-        let v = |i: usize| values[i];
-        let arch = choose(KNOBS[0], v(0), "arch", "kvm")?;
+        let arch = choose(KNOBS[0], values[0], "arch", "kvm")?;
         let kvm = KvmPolicy {
-            svme0_ignore: choose(KNOBS[1], v(1), "ignore", "off")?,
-            hg_honored: choose(KNOBS[2], v(2), "honored", "reserved")?,
-            emul_mode_aware: choose(KNOBS[3], v(3), "true", "false")?,
-            filter_on_sync: choose(KNOBS[4], v(4), "true", "false")?,
-            efer: timing(KNOBS[5], v(5))?,
-            vmrun: timing(KNOBS[6], v(6))?,
-            vmexit: timing(KNOBS[7], v(7))?,
-            forced_leave: timing(KNOBS[8], v(8))?,
-            set_nested_state: timing(KNOBS[9], v(9))?,
-            vmrun_after_entry: choose(KNOBS[10], v(10), "after_entry", "before_entry")?,
+            svme0_ignore: choose(KNOBS[1], values[1], "ignore", "off")?,
+            hg_honored: choose(KNOBS[2], values[2], "honored", "reserved")?,
+            emul_mode_aware: choose(KNOBS[3], values[3], "true", "false")?,
+            filter_on_sync: choose(KNOBS[4], values[4], "true", "false")?,
+            efer: timing(KNOBS[5], values[5])?,
+            vmrun: timing(KNOBS[6], values[6])?,
+            vmexit: timing(KNOBS[7], values[7])?,
+            forced_leave: timing(KNOBS[8], values[8])?,
+            set_nested_state: timing(KNOBS[9], values[9])?,
+            vmrun_after_entry: choose(KNOBS[10], values[10], "after_entry", "before_entry")?,
         };
         let reference = ArchPolicy {
-            enabling_wrmsr_new: choose(KNOBS[11], v(11), "new", "old")?,
-            efer_retire_new: choose(KNOBS[12], v(12), "new", "old")?,
-            vmrun_retire_guest: choose(KNOBS[13], v(13), "guest", "host")?,
-            failed_vmrun_retire_guest: choose(KNOBS[14], v(14), "guest", "host")?,
+            enabling_wrmsr_new: choose(KNOBS[11], values[11], "new", "old")?,
+            efer_retire_new: choose(KNOBS[12], values[12], "new", "old")?,
+            vmrun_retire_guest: choose(KNOBS[13], values[13], "guest", "host")?,
+            failed_vmrun_retire_guest: choose(KNOBS[14], values[14], "guest", "host")?,
         };
         Ok(if arch {
             Policy::Arch(reference)

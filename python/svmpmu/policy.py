@@ -30,7 +30,8 @@ KNOB_VALUES: dict[str, tuple] = {
     "vmrun_retire": ("guest", "host"),
     "failed_vmrun_retire": ("host", "guest"),
 }
-"""Every knob of :class:`Policy` and its allowed values, the default first."""
+"""Every knob of :class:`Policy` and its allowed values, the default first. The knobs are in
+the order the Rust core reads them (``KNOBS`` in ``rust/model.rs``)."""
 
 
 @dataclass(frozen=True)
