@@ -181,6 +181,8 @@ def format_record(op: int, pmc: int, cpl: int, flag: int, key: int, value: int) 
         return f"WRMSR_GLOBAL_CTRL(value={value:#x})"
     if op == Op.WRMSR_EFER:
         return f"WRMSR_EFER(svme={flag})"
+    if op == Op.VMRUN:
+        return f"VMRUN(cpl={cpl})"
     if op == Op.SET_NESTED_STATE:
         return f"SET_NESTED_STATE(guest_mode={flag})"
     if op == Op.SET_FILTER:
@@ -244,9 +246,10 @@ class TraceBuilder:
         """L1 writes EFER with SVME = ``svme`` (host mode only)."""
         return self._add(Op.WRMSR_EFER, flag=int(svme))
 
-    def vmrun(self) -> TraceBuilder:
-        """L1 executes VMRUN and it succeeds: enter guest mode (needs SVME = 1)."""
-        return self._add(Op.VMRUN)
+    def vmrun(self, cpl: int = 0) -> TraceBuilder:
+        """L1 executes VMRUN and it succeeds: enter guest mode (needs SVME = 1); L2 resumes at
+        ``cpl`` (vmcb12's save.cpl), the CPL at which an ``after_entry`` VMRUN retires."""
+        return self._add(Op.VMRUN, cpl=cpl)
 
     def vmrun_fail(self) -> TraceBuilder:
         """L1's VMRUN fails its consistency checks: #VMEXIT(INVALID), stay in host mode."""
