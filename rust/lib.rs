@@ -24,7 +24,7 @@ mod python {
     use crate::fuzz::{self, FuzzSpec, Signature};
     use crate::gen::{Generator, Mix};
     use crate::model::op;
-    use crate::model::{Policy, KNOBS};
+    use crate::model::{Policy, KNOBS, PRESETS};
     use crate::sim::{self, SimResult};
     use crate::split;
     use crate::trace::{self, TraceBuf, TraceRef};
@@ -488,6 +488,25 @@ mod python {
         columns_tuple(py, buf)
     }
 
+    /// `KNOBS`: every knob and its values, in the order a policy crosses into the core
+    /// (`crate::model::KNOBS`), as a tuple of `(name, (value, ...))`.
+    fn knob_table(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+        PyTuple::new(
+            py,
+            KNOBS.map(|(name, values)| (name, PyTuple::new(py, values).unwrap())),
+        )
+    }
+
+    /// `PRESETS`: the presets of model.md section 7 (`crate::model::PRESETS`), as a dict from
+    /// name to the tuple of its knob values, in the order of `KNOBS`.
+    fn preset_table(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, knobs) in PRESETS {
+            d.set_item(name, PyTuple::new(py, knobs.strings())?)?;
+        }
+        Ok(d)
+    }
+
     #[pymodule(gil_used = false)]
     mod _core {
         #[pymodule_export]
@@ -499,7 +518,9 @@ mod python {
         #[pymodule_init]
         fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
             use pyo3::types::PyModuleMethods;
-            m.add("__version__", env!("CARGO_PKG_VERSION"))
+            m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+            m.add("KNOBS", super::knob_table(m.py())?)?;
+            m.add("PRESETS", super::preset_table(m.py())?)
         }
     }
 }
