@@ -1,6 +1,6 @@
 //! Replay one generated trace through a preset, for profiling the hot loop without Python:
 //! `cargo run --release --no-default-features --example replay -- final 10000000 [seed [steady|workload]]`.
-use _core::sim::{simulate, simulate_valid};
+use _core::replay::{simulate, simulate_valid};
 use std::time::Instant;
 
 mod common;

@@ -1,8 +1,8 @@
 //! Replay one generated trace cut into 1 and 2 chunks (one thread each), against one thread,
 //! with how the chunks joined:
 //! `cargo run --release --no-default-features --example split -- final 10000000 [seed [steady|workload]]`.
-use _core::sim::simulate_valid;
-use _core::split::simulate_split;
+use _core::replay::simulate_valid;
+use _core::replay::split::simulate_split;
 use std::time::Instant;
 
 mod common;

@@ -2,13 +2,10 @@
 //! the thin PyO3 glue: it borrows numpy columns, releases the GIL, runs the core and maps its
 //! errors to the Python exceptions of `svmpmu.errors`.
 
-pub mod batch;
 pub mod error;
 pub mod fuzz;
-pub mod gen;
 pub mod model;
-pub mod sim;
-pub mod split;
+pub mod replay;
 pub mod trace;
 
 #[cfg(feature = "python")]
@@ -19,14 +16,12 @@ mod python {
     use pyo3::pybacked::PyBackedStr;
     use pyo3::types::{PyDict, PyList, PyTuple};
 
-    use crate::batch;
     use crate::error::CoreError;
+    use crate::fuzz::gen::{Generator, Mix};
     use crate::fuzz::{self, FuzzSpec, Signature};
-    use crate::gen::{Generator, Mix};
     use crate::model::op;
     use crate::model::{Policy, KNOBS, PRESETS};
-    use crate::sim::{self, SimResult};
-    use crate::split;
+    use crate::replay::{self, batch, pool, split, SimResult};
     use crate::trace::{self, TraceBuf, TraceRef};
 
     /// One place where core errors become Python exceptions.
@@ -190,7 +185,7 @@ mod python {
         let (p, q) = policy_pair(policy, reference)?;
         let t = borrow(&columns)?;
         let c = py
-            .detach(|| sim::compare(&t, &p, &q, n_pmcs))
+            .detach(|| replay::compare(&t, &p, &q, n_pmcs))
             .map_err(|e| to_py(py, e))?;
         PyTuple::new(
             py,
@@ -213,7 +208,7 @@ mod python {
     ) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let p = policy_from_py(policy)?;
         let t = borrow_valid(py, &columns, n_pmcs)?;
-        let masks = py.detach(|| sim::count_masks(&t, &p, n_pmcs));
+        let masks = py.detach(|| replay::count_masks(&t, &p, n_pmcs));
         Ok(arr(py, masks))
     }
 
@@ -225,22 +220,9 @@ mod python {
             .map_err(|e| to_py(py, e))
     }
 
-    /// Run `f` on a rayon pool of `threads` threads (the global pool, which honours
-    /// RAYON_NUM_THREADS, when None). A process forked after the global pool started cannot
-    /// use it (`split::global_pool_usable`): there `f` gets a pool of as many threads of its
-    /// own.
+    /// [`pool::with_threads`], its error a Python exception.
     fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-        let n = match threads {
-            Some(0) => return Err(PyValueError::new_err("threads must be at least 1")),
-            Some(n) => n,
-            None if split::global_pool_usable() => return Ok(f()),
-            None => rayon::current_num_threads(),
-        };
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map(|pool| pool.install(f))
-            .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}")))
+        pool::with_threads(threads, f).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
     /// The generator's default mix (or, with `workload`, the workload-like one), as a dict

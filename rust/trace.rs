@@ -1,7 +1,7 @@
 //! Traces as borrowed columns, and their validation (model.md section 4, docs/semantics.md).
 
 use crate::error::CoreError;
-use crate::model::{op, KEY_LIMIT, MAX_PMCS};
+use crate::model::{filter, op, KEY_LIMIT, MAX_PMCS};
 
 /// One trace: six borrowed columns of equal length (16 bytes a record).
 #[derive(Clone, Copy, Debug)]
@@ -232,9 +232,86 @@ impl TraceBuf {
 const S00: u8 = 0;
 const S11: u8 = 3;
 
-/// Per-op validation data, so that validating a record is a few table lookups and no
-/// data-dependent branch: `TRANSITION` gives the state after the record and
-/// `LEGAL` the same shape, true where the mode rules allow the record.
+/// Which ops use which field (model.md section 4; docs/semantics.md, "Record layout"): the
+/// one statement of it, as a predicate per field. The validator ([`RULES`], [`fields_ok`]),
+/// the generator ([`ops_using`]) and the stretch decoder (`crate::replay::stretch`) derive
+/// from these. A field an op does not use is ignored, whatever it holds.
+#[inline(always)]
+pub const fn uses_pmc(o: u8) -> bool {
+    (o == op::WRMSR_EVTSEL) | (o == op::WRMSR_CTR) | (o == op::READ)
+}
+
+/// Ops with a CPL (0 is kernel, 1..3 user).
+#[inline(always)]
+pub const fn uses_cpl(o: u8) -> bool {
+    (o == op::EMULATE) | (o == op::RUN)
+}
+
+/// Ops with an event key (20 bits).
+#[inline(always)]
+pub const fn uses_key(o: u8) -> bool {
+    (o == op::SET_FILTER) | (o == op::RUN)
+}
+
+/// Ops with a value: the value written, or a RUN's count.
+#[inline(always)]
+pub const fn uses_value(o: u8) -> bool {
+    (o == op::WRMSR_EVTSEL) | (o == op::WRMSR_CTR) | (o == op::WRMSR_GLOBAL_CTRL) | (o == op::RUN)
+}
+
+/// Ops whose flag is 0 or 1: WRMSR_EFER's new SVME, SET_NESTED_STATE's guest mode,
+/// EMULATE's "is a branch".
+#[inline(always)]
+pub const fn uses_binary_flag(o: u8) -> bool {
+    (o == op::WRMSR_EFER) | (o == op::SET_NESTED_STATE) | (o == op::EMULATE)
+}
+
+/// The largest flag op `o` takes: 1 for a binary flag, SET_FILTER's action (none, allow,
+/// deny), and [`ANY`] for the ops that take none.
+pub const fn flag_max(o: u8) -> u8 {
+    if uses_binary_flag(o) {
+        1
+    } else if o == op::SET_FILTER {
+        filter::DENY
+    } else {
+        ANY
+    }
+}
+
+/// The largest CPL.
+pub const CPL_MAX: u8 = 3;
+
+/// A record field that some ops use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Pmc,
+    Cpl,
+    Key,
+    Value,
+}
+
+/// The ops that use `field`, as a mask over op codes (bit `op`).
+pub const fn ops_using(field: Field) -> u16 {
+    let mut mask = 0u16;
+    let mut o = 0u8;
+    while o < 16 {
+        let uses = match field {
+            Field::Pmc => uses_pmc(o),
+            Field::Cpl => uses_cpl(o),
+            Field::Key => uses_key(o),
+            Field::Value => uses_value(o),
+        };
+        if uses {
+            mask |= 1 << o;
+        }
+        o += 1;
+    }
+    mask
+}
+
+/// Per-op validation data, derived from the predicates above, so that validating a record is
+/// a few table lookups and no data-dependent branch: [`TRANSITION`] gives the state after the
+/// record and `LEGAL` the same shape, true where the mode rules allow the record.
 struct OpRules {
     uses_pmc: bool,
     uses_cpl: bool,
@@ -242,35 +319,30 @@ struct OpRules {
     flag_max: u8,
 }
 
-const fn rules(uses_pmc: bool, uses_cpl: bool, uses_key: bool, flag_max: u8) -> OpRules {
-    OpRules {
-        uses_pmc,
-        uses_cpl,
-        uses_key,
-        flag_max,
+/// A flag limit that any flag meets.
+pub const ANY: u8 = u8::MAX;
+
+const RULES: [OpRules; 16] = {
+    let mut t = [const {
+        OpRules {
+            uses_pmc: false,
+            uses_cpl: false,
+            uses_key: false,
+            flag_max: ANY,
+        }
+    }; 16];
+    let mut o = 0;
+    while o < 16 {
+        t[o] = OpRules {
+            uses_pmc: uses_pmc(o as u8),
+            uses_cpl: uses_cpl(o as u8),
+            uses_key: uses_key(o as u8),
+            flag_max: flag_max(o as u8),
+        };
+        o += 1;
     }
-}
-
-const ANY: u8 = u8::MAX;
-
-const RULES: [OpRules; 16] = [
-    rules(true, false, false, ANY),  // WRMSR_EVTSEL
-    rules(true, false, false, ANY),  // WRMSR_CTR
-    rules(false, false, false, ANY), // WRMSR_GLOBAL_CTRL
-    rules(false, false, false, 1),   // WRMSR_EFER
-    rules(false, false, false, ANY), // VMRUN
-    rules(false, false, false, ANY), // VMRUN_FAIL
-    rules(false, false, false, ANY), // VMEXIT
-    rules(false, false, false, ANY), // FORCED_LEAVE
-    rules(false, false, false, 1),   // SET_NESTED_STATE
-    rules(false, false, true, 2),    // SET_FILTER
-    rules(false, true, false, 1),    // EMULATE
-    rules(false, true, true, ANY),   // RUN
-    rules(false, false, false, ANY), // VMENTRY
-    rules(true, false, false, ANY),  // READ
-    rules(false, false, false, ANY), // RESET
-    rules(false, false, false, ANY), // (unknown)
-];
+    t
+};
 
 /// How a record changes the mode state: `next = (state & keep) | set`, by [op][flag & 1].
 /// The pair depends on the record alone, so the chain from one record's state to the next is
@@ -347,7 +419,7 @@ fn record_ok(r: Record, state: u8, n_pmcs: u8) -> bool {
     let f = (r.flag & 1) as usize;
     let bad = (r.op as usize >= op::COUNT)
         | (rule.uses_pmc & (r.pmc >= n_pmcs))
-        | (rule.uses_cpl & (r.cpl > 3))
+        | (rule.uses_cpl & (r.cpl > CPL_MAX))
         | (r.flag > rule.flag_max)
         | (rule.uses_key & (r.key >= KEY_LIMIT))
         | !LEGAL[o][f][state as usize];
@@ -364,7 +436,7 @@ fn reason(r: Record, state: u8, n_pmcs: u8) -> String {
     if rule.uses_pmc && r.pmc >= n_pmcs {
         return format!("{name}: pmc {} is out of range (n_pmcs = {n_pmcs})", r.pmc);
     }
-    if rule.uses_cpl && r.cpl > 3 {
+    if rule.uses_cpl && r.cpl > CPL_MAX {
         return format!("{name}: cpl {} is out of range (0..3)", r.cpl);
     }
     if r.flag > rule.flag_max {
@@ -424,6 +496,17 @@ pub fn validate(t: &TraceRef<'_>, n_pmcs: usize) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// The error for a trace that a checked replay found invalid: the trace validated again, to
+/// locate and explain its first invalid record. The one way every replay path explains one.
+#[cold]
+pub fn explain_invalid(t: &TraceRef<'_>, n_pmcs: usize) -> CoreError {
+    match validate(t, n_pmcs) {
+        Err(e) => e,
+        Ok(()) => CoreError::Value("invalid trace".into()),
+    }
+}
+
+/// `n_pmcs` is 1 to 6 (model.md section 2).
 pub fn check_n_pmcs(n_pmcs: usize) -> Result<(), CoreError> {
     if (1..=MAX_PMCS).contains(&n_pmcs) {
         Ok(())
@@ -457,7 +540,7 @@ pub fn mode_ok(r: Record, state: u8) -> bool {
 /// Whether every record of `t` passes the rules on its own fields (rules 1 to 5 of
 /// docs/semantics.md "Validation"). Written with comparisons only, no lookup by op, so that it
 /// vectorises: a pass over a span costs a fraction of a nanosecond a record. Always inlined,
-/// so that it is vectorised for AVX2 too in the replay loops built for it (`crate::sim`): 9
+/// so that it is vectorised for AVX2 too in the replay loops built for it (`crate::replay::checked`): 9
 /// fewer instructions a record on records in random order.
 #[inline(always)]
 pub fn fields_ok(t: &TraceRef<'_>, n_pmcs: usize) -> bool {
@@ -468,16 +551,12 @@ pub fn fields_ok(t: &TraceRef<'_>, n_pmcs: usize) -> bool {
     let mut bad = false;
     for i in 0..n {
         let (o, f) = (ops[i], flags[i]);
-        let uses_pmc = (o == op::WRMSR_EVTSEL) | (o == op::WRMSR_CTR) | (o == op::READ);
-        let uses_cpl = (o == op::EMULATE) | (o == op::RUN);
-        let uses_key = (o == op::SET_FILTER) | (o == op::RUN);
-        let binary_flag = (o == op::WRMSR_EFER) | (o == op::SET_NESTED_STATE) | (o == op::EMULATE);
         bad |= (o as usize >= op::COUNT)
-            | (uses_pmc & (pmcs[i] >= n_pmcs))
-            | (uses_cpl & (cpls[i] > 3))
-            | (binary_flag & (f > 1))
-            | ((o == op::SET_FILTER) & (f > 2))
-            | (uses_key & (keys[i] >= KEY_LIMIT));
+            | (uses_pmc(o) & (pmcs[i] >= n_pmcs))
+            | (uses_cpl(o) & (cpls[i] > CPL_MAX))
+            | (uses_binary_flag(o) & (f > 1))
+            | ((o == op::SET_FILTER) & (f > filter::DENY))
+            | (uses_key(o) & (keys[i] >= KEY_LIMIT));
     }
     !bad
 }

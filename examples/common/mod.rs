@@ -1,5 +1,5 @@
 //! The command line the profiling examples share: `PRESET N [seed [steady|workload]]`.
-use _core::gen::{Generator, Mix};
+use _core::fuzz::gen::{Generator, Mix};
 use _core::model::{op, Policy};
 use _core::trace::TraceBuf;
 

@@ -5,11 +5,15 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
+pub mod gen;
+mod shrink;
+
+pub use shrink::shrink;
+
 use crate::error::CoreError;
-use crate::gen::{Generator, RecordSink};
-use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY};
-use crate::sim::{AnyModel, Arch, Kvm, Model};
-use crate::trace::{validate, Record, TraceBuf, TraceRef};
+use crate::model::{with_model, Model, Policy, GUEST_ONLY, HOST_ONLY};
+use crate::trace::{Record, TraceRef};
+use gen::{Generator, RecordSink};
 
 /// What explains one attribution divergence: a record at which exactly one of the two models
 /// counted on some PMC. Records that count differently are the only way counts can part
@@ -48,7 +52,7 @@ fn hg_bits(sel: u64) -> u8 {
 
 /// Reusable buffers for one worker.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     reads_a: Vec<u64>,
     reads_b: Vec<u64>,
     sigs: Vec<Signature>,
@@ -114,7 +118,7 @@ impl<A: Model, B: Model> RecordSink for Lockstep<'_, A, B> {
 }
 
 /// Records to replay: a trace, or a generated trace drawn as it is replayed.
-trait Feed {
+pub(crate) trait Feed {
     fn feed(&self, sink: &mut impl RecordSink);
 }
 
@@ -143,19 +147,19 @@ impl Feed for Generated<'_> {
 
 /// Replay `records` through both policies in lockstep; whether they diverge (the signatures
 /// are then in `s.sigs`).
-fn diverge(records: &impl Feed, p: &Policy, q: &Policy, n_pmcs: usize, s: &mut Scratch) -> bool {
+pub(crate) fn diverge(
+    records: &impl Feed,
+    p: &Policy,
+    q: &Policy,
+    n_pmcs: usize,
+    s: &mut Scratch,
+) -> bool {
     fn run<A: Model, B: Model>(a: A, b: B, s: &mut Scratch, records: &impl Feed) -> bool {
         let mut l = Lockstep::new(a, b, s);
         records.feed(&mut l);
         l.finish()
     }
-    use AnyModel as M;
-    match (M::new(p, n_pmcs), M::new(q, n_pmcs)) {
-        (M::Kvm(a), M::Arch(b)) => run::<Kvm, Arch>(a, b, s, records),
-        (M::Kvm(a), M::Kvm(b)) => run(a, b, s, records),
-        (M::Arch(a), M::Arch(b)) => run(a, b, s, records),
-        (M::Arch(a), M::Kvm(b)) => run(a, b, s, records),
-    }
+    with_model!(p, q, n_pmcs, |a, b| run(a, b, s, records))
 }
 
 /// The signatures a (valid) trace shows; empty when it does not diverge.
@@ -265,100 +269,4 @@ pub fn fuzz_range(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreEr
         .into_par_iter()
         .map(|(s, e)| fuzz_chunk(spec, s, e))
         .try_reduce(Tally::default, |a, b| Ok(a.merge(b)))
-}
-
-fn shows(
-    records: &[Record],
-    sig: Signature,
-    p: &Policy,
-    q: &Policy,
-    n_pmcs: usize,
-    s: &mut Scratch,
-) -> bool {
-    let buf = TraceBuf::from_records(records);
-    let t = buf.as_ref();
-    validate(&t, n_pmcs).is_ok() && diverge(&t, p, q, n_pmcs, s) && s.sigs.contains(&sig)
-}
-
-/// Simpler values to try for a record, most readable first.
-fn simpler(r: Record) -> Vec<Record> {
-    let mut out = Vec::new();
-    let with_value = |v: u64| Record { value: v, ..r };
-    match r.op {
-        op::RUN => {
-            for n in [1, 1000, 1 << 48] {
-                if n < r.value {
-                    out.push(with_value(n));
-                }
-            }
-            if r.cpl != 0 && r.cpl != 3 {
-                out.push(Record { cpl: 3, ..r });
-            }
-        }
-        op::WRMSR_EVTSEL => {
-            // Drop reserved junk, then INT.
-            let clean = r.value & !(crate::model::RESERVED_BITS & !(HOST_ONLY | GUEST_ONLY));
-            if clean != r.value {
-                out.push(with_value(clean));
-            }
-            if clean & crate::model::INT != 0 {
-                out.push(with_value(clean & !crate::model::INT));
-            }
-        }
-        op::WRMSR_CTR if r.value != 0 => out.push(with_value(0)),
-        op::WRMSR_GLOBAL_CTRL if r.value != 0x3F => out.push(with_value(0x3F)),
-        _ => {}
-    }
-    out
-}
-
-/// Shrink a trace to a minimal one that still shows `sig`: remove runs of records, halving
-/// their length down to single records, while the trace stays valid and shows the class;
-/// then simplify values. The result is 1-minimal: removing any one record loses the class.
-pub fn shrink(
-    trace: &TraceRef<'_>,
-    sig: Signature,
-    p: &Policy,
-    q: &Policy,
-    n_pmcs: usize,
-) -> TraceBuf {
-    let mut s = Scratch::default();
-    let mut recs: Vec<Record> = (0..trace.len()).map(|i| trace.record(i)).collect();
-    if !shows(&recs, sig, p, q, n_pmcs, &mut s) {
-        return TraceBuf::from_records(&recs);
-    }
-    let mut size = recs.len().div_ceil(2).max(1);
-    loop {
-        let mut removed_any = false;
-        let mut start = 0;
-        while start < recs.len() {
-            let end = (start + size).min(recs.len());
-            let mut candidate = Vec::with_capacity(recs.len() - (end - start));
-            candidate.extend_from_slice(&recs[..start]);
-            candidate.extend_from_slice(&recs[end..]);
-            if shows(&candidate, sig, p, q, n_pmcs, &mut s) {
-                recs = candidate;
-                removed_any = true;
-            } else {
-                start = end;
-            }
-        }
-        if size == 1 && !removed_any {
-            break;
-        }
-        if !removed_any {
-            size = size.div_ceil(2);
-        }
-    }
-    for i in 0..recs.len() {
-        for candidate in simpler(recs[i]) {
-            let old = recs[i];
-            recs[i] = candidate;
-            if shows(&recs, sig, p, q, n_pmcs, &mut s) {
-                break;
-            }
-            recs[i] = old;
-        }
-    }
-    TraceBuf::from_records(&recs)
 }

@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 use crate::error::CoreError;
 use crate::model::Policy;
-use crate::sim::{simulate_into, FinalSlots};
-use crate::trace::{check_n_pmcs, validate, TraceRef};
+use crate::replay::{simulate_into, FinalSlots};
+use crate::trace::{check_n_pmcs, explain_invalid, TraceRef};
 
 /// Per-trace results, flattened: `counters[t * n_pmcs + i]` is PMC i of trace t, and the READ
 /// values of trace t are `reads[read_offsets[t]..read_offsets[t + 1]]`.
@@ -36,7 +36,7 @@ pub fn check_offsets(offsets: &[u64], len: usize) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Validate and replay every trace of a batch; the same as [`crate::sim::simulate`] on each
+/// Validate and replay every trace of a batch; the same as [`crate::replay::simulate`] on each
 /// trace, for any thread count. An invalid trace fails the whole batch, naming the lowest such
 /// trace.
 pub fn simulate_batch(
@@ -111,13 +111,12 @@ pub fn simulate_batch(
             Err(k) => {
                 // The lowest invalid trace: name its first invalid record.
                 let (s, e) = (offsets[k] as usize, offsets[k + 1] as usize);
-                return Err(match validate(&t.slice(s..e), n_pmcs) {
-                    Err(CoreError::Trace { index, reason }) => CoreError::Trace {
+                return Err(match explain_invalid(&t.slice(s..e), n_pmcs) {
+                    CoreError::Trace { index, reason } => CoreError::Trace {
                         index: s + index,
                         reason: format!("trace {k}, record {index}: {reason}"),
                     },
-                    Err(other) => other,
-                    Ok(()) => CoreError::Value(format!("trace {k} is invalid")),
+                    other => other,
                 });
             }
         }

@@ -8,7 +8,7 @@ use crate::model::{
     filter, op, BRANCHES_RETIRED, COUNTER_MASK, EN, GUEST_ONLY, HOST_ONLY, INSTRUCTIONS_RETIRED,
     INT, MAX_PMCS, OS, USR,
 };
-use crate::trace::{is_valid, next_state, Record, TraceBuf, STATE_RESET};
+use crate::trace::{is_valid, next_state, ops_using, Field, Record, TraceBuf, STATE_RESET};
 
 /// SplitMix64 (Steele, Lea and Flood 2014): tiny, fast and its output is fixed by its
 /// definition, so a seed reproduces the same traces on every version and platform.
@@ -300,8 +300,8 @@ fn below(bits: u64, n: u64) -> u64 {
 }
 
 /// What each op's record uses, for the branch-free assembly of a record.
-const USES_PMC: u16 = 1 << op::WRMSR_EVTSEL | 1 << op::WRMSR_CTR | 1 << op::READ;
-const USES_CPL: u16 = 1 << op::EMULATE | 1 << op::RUN;
+const USES_PMC: u16 = ops_using(Field::Pmc);
+const USES_CPL: u16 = ops_using(Field::Cpl);
 
 #[inline(always)]
 fn when(o: u8, ops: u16) -> u64 {
