@@ -7,6 +7,9 @@ import copy
 import dataclasses
 import pickle
 import random
+import subprocess
+import sys
+import typing
 
 import numpy as np
 import pytest
@@ -14,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import svmpmu
-import svmpmu.oracle as oracle
-from svmpmu import KNOB_VALUES, PRESETS, Policy, Trace, TraceError
+from svmpmu import KNOB_VALUES, PRESETS, Policy, Trace, TraceError, oracle
 
 
 def random_policy(rng: random.Random) -> Policy:
@@ -68,7 +70,8 @@ def test_comparisons_agree(policy):
             b.differing_pmcs,
             b.differing_reads,
         )
-        assert a.policy == b.policy and a.reference == b.reference
+        assert a.policy == b.policy
+        assert a.reference == b.reference
         diverging += a.diverges
     # These policies are known to differ from the reference somewhere in 400 random traces.
     assert diverging > 0
@@ -102,13 +105,17 @@ def test_arbitrary_records_agree_including_errors(recs, n_pmcs, preset):
     try:
         core = svmpmu.simulate(trace, preset, n_pmcs=n_pmcs, timeline=True)
     except TraceError as e:
+        error: TraceError | None = e
+    else:
+        error = None
+    if error is not None:
         with pytest.raises(TraceError) as info:
             oracle.simulate(trace, preset, n_pmcs=n_pmcs, timeline=True)
-        assert info.value.index == e.index
+        assert info.value.index == error.index
         # Without a timeline the core validates while it replays: the same error.
         with pytest.raises(TraceError) as fused:
             svmpmu.simulate(trace, preset, n_pmcs=n_pmcs)
-        assert fused.value.index == e.index
+        assert fused.value.index == error.index
         return
     assert core == oracle.simulate(trace, preset, n_pmcs=n_pmcs, timeline=True)
     # The replay that validates as it goes accepts exactly the traces `validate` accepts.
@@ -131,8 +138,9 @@ def test_a_policy_used_by_the_core_still_copies_and_pickles():
     p = dataclasses.replace(Policy.preset("final"), vmrun_order="before_entry")
     first = svmpmu.simulate(trace, p)
     assert first != svmpmu.simulate(trace, "final")  # the knob matters on this trace
-    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
-        assert q == p and repr(q) == repr(p)
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):  # noqa: S301 (its own pickle)
+        assert q == p
+        assert repr(q) == repr(p)
         assert svmpmu.simulate(trace, q) == first
     # A replaced knob is read again, not taken from the original's cache.
     back = dataclasses.replace(p, vmrun_order="after_entry")
@@ -150,7 +158,7 @@ def test_workload_like_traces_agree(preset):
 # The fields each op reads (docs/semantics.md "Record layout"); every other field is ignored.
 USED = {
     "pmc": {"WRMSR_EVTSEL", "WRMSR_CTR", "READ"},
-    "cpl": {"EMULATE", "RUN"},
+    "cpl": {"EMULATE", "RUN", "VMRUN"},
     "flag": {"WRMSR_EFER", "SET_NESTED_STATE", "SET_FILTER", "EMULATE"},
     "key": {"RUN", "SET_FILTER"},
     "value": {"WRMSR_EVTSEL", "WRMSR_CTR", "WRMSR_GLOBAL_CTRL", "RUN"},
@@ -222,3 +230,132 @@ def test_threads_must_be_a_positive_int():
             svmpmu.simulate(trace, threads=bad)
         with pytest.raises(TypeError, match="threads"):
             svmpmu.generate(1, 10, seed=1, threads=bad)
+
+
+# Policy is read from the core: the knob table and the presets are written once, in Rust.
+
+
+def test_knobs_and_presets_are_the_cores():
+    core_knobs = svmpmu._core.KNOBS
+    assert [f.name for f in dataclasses.fields(Policy)] == [name for name, _ in core_knobs]
+    assert list(KNOB_VALUES) == [name for name, _ in core_knobs]
+    default = Policy()
+    for name, allowed in core_knobs:
+        values = KNOB_VALUES[name]
+        assert values[0] == getattr(default, name)  # the default first
+        assert {str(v).lower() for v in values} == set(allowed)
+        assert all(isinstance(v, bool) for v in values) == (set(allowed) == {"true", "false"})
+    assert list(PRESETS) == list(svmpmu._core.PRESETS)
+    for name, values in svmpmu._core.PRESETS.items():
+        assert PRESETS[name]._core_knobs == values
+        assert Policy.preset(name) is PRESETS[name]
+    assert default == PRESETS["final"]
+
+
+def test_an_unknown_knob_or_value_is_a_policy_error():
+    with pytest.raises(svmpmu.PolicyError, match="unknown knob 'vmrun_timeing'"):
+        Policy(vmrun_timeing="sync")
+    with pytest.raises(svmpmu.PolicyError, match="unknown knob 'nope'"):
+        dataclasses.replace(Policy(), nope=1)
+    with pytest.raises(svmpmu.PolicyError, match="cannot be 'lazy'"):
+        Policy(vmrun_timing="lazy")
+    with pytest.raises(svmpmu.PolicyError, match="cannot be 1"):
+        Policy(emul_mode_aware=1)
+    with pytest.raises(svmpmu.PolicyError, match="unknown preset"):
+        Policy.preset("v2")
+
+
+def test_the_import_check_names_every_mismatch():
+    from svmpmu import policy
+
+    hints = typing.get_type_hints(Policy)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(Policy)}
+    knobs, final = svmpmu._core.KNOBS, svmpmu._core.PRESETS["final"]
+    assert policy._mismatches(fields, knobs, final) == []
+    # Two knobs swapped in the core.
+    swapped = (knobs[1], knobs[0], *knobs[2:])
+    swapped_final = (final[1], final[0], *final[2:])
+    assert policy._mismatches(fields, swapped, swapped_final) == [
+        f"the fields are not in the core's order, {[name for name, _ in swapped]}"
+    ]
+    # A knob renamed in the core.
+    renamed = (("mode", knobs[0][1]), *knobs[1:])
+    assert policy._mismatches(fields, renamed, final) == [
+        "no field for the core's knobs ['mode']",
+        "fields ['model'] are not knobs of the core",
+    ]
+    # A value the Literal does not list.
+    names = [name for name, _ in knobs]
+    k = names.index("vmrun_timing")
+    wider = (*knobs[:k], ("vmrun_timing", (*knobs[k][1], "lazy")), *knobs[k + 1 :])
+    expected = f"vmrun_timing: typed {hints['vmrun_timing']!r}, but the core's values are "
+    assert policy._mismatches(fields, wider, final) == [expected + str(wider[k][1])]
+    # A boolean knob that becomes a string knob.
+    b = names.index("filter_on_sync")
+    strings = (*knobs[:b], ("filter_on_sync", ("on", "off")), *knobs[b + 1 :])
+    assert policy._mismatches(fields, strings, final)
+    # Another default.
+    other = (*final[:k], "none", *final[k + 1 :])
+    assert policy._mismatches(fields, knobs, other) == [
+        "vmrun_timing: defaults to 'sync', but the core's final preset has 'none'"
+    ]
+
+
+FAKE_CORE = """
+import importlib.machinery, importlib.util, pathlib, sys
+spec = importlib.util.find_spec("svmpmu")
+here = pathlib.Path(spec.submodule_search_locations[0])
+path = next(p for s in importlib.machinery.EXTENSION_SUFFIXES for p in here.glob("_core" + s))
+spec = importlib.util.spec_from_file_location("svmpmu._core", path)
+core = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(core)
+sys.modules["svmpmu._core"] = core
+names = [name for name, _ in core.KNOBS]
+{change}
+import svmpmu
+print(svmpmu.Policy())
+print(svmpmu.Policy().set_nested_state_timing, svmpmu.KNOB_VALUES["set_nested_state_timing"])
+"""
+
+
+def run_with_fake_core(change: str) -> subprocess.CompletedProcess[str]:
+    """Import svmpmu in a new interpreter after ``change`` to the core's tables."""
+    return subprocess.run(  # noqa: S603 (this interpreter, on a fixed script)
+        [sys.executable, "-c", FAKE_CORE.format(change=change)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_defaults_follow_the_cores_final_preset():
+    # When the core changes `final` (as model revision 2 made KVM_SET_NESTED_STATE
+    # synchronous), Policy's defaults and KNOB_VALUES follow, with no edit in Python.
+    run = run_with_fake_core(
+        "final = list(core.PRESETS['final'])\n"
+        "final[names.index('set_nested_state_timing')] = 'none'\n"
+        "core.PRESETS = {**core.PRESETS, 'final': tuple(final)}"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["final", "none ('none', 'sync', 'deferred')"]
+
+
+def test_a_core_out_of_step_with_policy_fails_at_import():
+    run = run_with_fake_core(
+        "knobs = list(core.KNOBS)\n"
+        "knobs[0], knobs[1] = knobs[1], knobs[0]\n"
+        "core.KNOBS = tuple(knobs)"
+    )
+    assert run.returncode != 0
+    assert "ImportError: svmpmu.Policy (python/svmpmu/policy.py) does not match" in run.stderr
+    assert "the fields are not in the core's order" in run.stderr
+
+
+def test_a_knob_renamed_in_the_core_is_named_at_import():
+    run = run_with_fake_core(
+        "core.KNOBS = tuple(('vmrun_timeing' if n == 'vmrun_timing' else n, v)"
+        " for n, v in core.KNOBS)"
+    )
+    assert run.returncode != 0
+    assert "no field for the core's knobs ['vmrun_timeing']" in run.stderr
+    assert "fields ['vmrun_timing'] are not knobs of the core" in run.stderr

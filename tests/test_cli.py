@@ -28,7 +28,8 @@ def test_replay_prints_both_models_and_the_divergence(tmp_path, capsys):
     seed_trace().save(path)
     assert main(["replay", str(path), "--policy", "v4"]) == 0
     out = capsys.readouterr().out
-    assert "reads: 1003" in out and "reads: 1001" in out
+    assert "reads: 1003" in out
+    assert "reads: 1001" in out
     assert "diverges after record 0" in out
 
 
@@ -54,7 +55,8 @@ def test_presets_lists_every_preset_and_knob(capsys):
     out = capsys.readouterr().out
     for name in PRESETS:
         assert name in out
-    assert "vmrun_order" in out and "before_entry" in out
+    assert "vmrun_order" in out
+    assert "before_entry" in out
 
 
 def test_the_first_value_of_each_knob_is_its_default(capsys):

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import svmpmu
-import svmpmu.oracle as oracle
-from svmpmu import Mix, Op, Policy, TraceBatch, TraceError
+from svmpmu import Mix, Op, Policy, TraceBatch, TraceError, oracle
 from svmpmu.cli import main as cli_main
 
 
@@ -23,7 +22,8 @@ def test_generate_is_deterministic_and_thread_invariant():
     a = svmpmu.generate(3000, 50, seed=9, threads=1)
     b = svmpmu.generate(3000, 50, seed=9, threads=2)
     c = svmpmu.generate(3000, 50, seed=9)
-    assert batches_equal(a, b) and batches_equal(a, c)
+    assert batches_equal(a, b)
+    assert batches_equal(a, c)
     assert not batches_equal(a, svmpmu.generate(3000, 50, seed=10))
     # Trace i does not depend on how many traces are generated.
     assert svmpmu.generate(10, 50, seed=9).trace(7) == a.trace(7)
@@ -82,7 +82,8 @@ def test_invalid_trace_in_batch_names_it():
     bad = svmpmu.TraceBuilder().vmentry().vmexit().build()
     with pytest.raises(TraceError) as info:
         svmpmu.simulate_batch(TraceBatch.from_traces([good, bad, good]))
-    assert info.value.index == 11 and "trace 1" in str(info.value)
+    assert info.value.index == 11
+    assert "trace 1" in str(info.value)
 
 
 def summary(report):
@@ -98,7 +99,8 @@ def test_fuzz_is_deterministic_and_thread_and_block_invariant():
     a = svmpmu.fuzz("v4", traces=20000, length=48, seed=3, threads=1)
     b = svmpmu.fuzz("v4", traces=20000, length=48, seed=3, threads=2, block=3001)
     assert summary(a) == summary(b)
-    assert a.diverging > 0 and len(a.classes) > 10
+    assert a.diverging > 0
+    assert len(a.classes) > 10
 
 
 def test_v4_vmrun_divergence_is_found_and_shrunk():
@@ -109,7 +111,8 @@ def test_v4_vmrun_divergence_is_found_and_shrunk():
     assert best <= 4
     c = min(vmrun, key=lambda c: len(c.reproducer))
     ops = c.reproducer.op.tolist()
-    assert Op.VMRUN in ops and Op.WRMSR_EFER in ops
+    assert Op.VMRUN in ops
+    assert Op.WRMSR_EFER in ops
     assert c.comparison.diverges
 
 
@@ -142,8 +145,10 @@ def test_shrinking_keeps_the_class_and_is_minimal():
 
 def test_arch_against_itself_finds_nothing():
     report = svmpmu.fuzz("arch", "arch", traces=100_000, length=64, seed=5)
-    assert report.diverging == 0 and report.classes == ()
-    assert report.traces == 100_000 and report.records == 6_400_000
+    assert report.diverging == 0
+    assert report.classes == ()
+    assert report.traces == 100_000
+    assert report.records == 6_400_000
 
 
 def test_final_diverges_only_by_the_documented_knob_choices():
@@ -169,9 +174,12 @@ def test_final_diverges_only_by_the_documented_knob_choices():
 def test_report_formats_and_serialises():
     report = svmpmu.fuzz("v4", traces=5000, length=32, seed=1)
     text = report.format()
-    assert "diverging traces" in text and "expected" in text and "observed" in text
+    assert "diverging traces" in text
+    assert "expected" in text
+    assert "observed" in text
     data = json.loads(report.to_json())
-    assert data["traces"] == 5000 and len(data["classes"]) == len(report.classes)
+    assert data["traces"] == 5000
+    assert len(data["classes"]) == len(report.classes)
     first = data["classes"][0]
     assert first["count"] == report.classes[0].count
     assert len(first["reproducer"]["op"]) == len(report.classes[0].reproducer)

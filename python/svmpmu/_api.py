@@ -12,12 +12,13 @@ from .mix import Mix
 from .model import MAX_PMCS
 from .policy import PolicyLike, resolve_policy
 from .result import Comparison, Result
-from .trace import Trace
+from .trace import Columns, Trace
 
 __all__ = ["BatchResult", "compare", "generate", "simulate", "simulate_batch", "validate"]
 
 
-def _columns(trace: Trace) -> tuple:
+def _columns(trace: Trace) -> Columns:
+    """A trace's columns as the core takes them (TypeError for anything but a Trace)."""
     if not isinstance(trace, Trace):
         raise TypeError(f"expected a svmpmu.Trace, got {type(trace).__name__}")
     return (trace.op, trace.pmc, trace.cpl, trace.flag, trace.key, trace.value)
@@ -150,6 +151,7 @@ class BatchResult:
     read_offsets: np.ndarray
 
     def __len__(self) -> int:
+        """The number of traces."""
         return len(self.counters)
 
     def result(self, index: int) -> Result:

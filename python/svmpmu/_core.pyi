@@ -1,16 +1,19 @@
-"""Type stubs of the Rust extension ``svmpmu._core`` (internal: use the ``svmpmu`` API).
+# Type stubs of the Rust extension ``svmpmu._core`` (internal: use the ``svmpmu`` API).
+#
+# A trace crosses the boundary as a tuple of its six columns (see ``svmpmu.COLUMNS``); a policy
+# as the tuple of its 15 knob values as strings, in the order of ``KNOBS``
+# (``svmpmu.Policy._core_knobs``); a mix as a ``svmpmu.Mix`` (None: the generator's own).
 
-A trace crosses the boundary as a tuple of its six columns (see ``svmpmu.COLUMNS``); a policy
-as the tuple of its 15 knob values as strings (``svmpmu.Policy._core_knobs``); a mix as a
-``svmpmu.Mix``.
-"""
-
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from svmpmu.mix import Mix
+
 __all__ = [
+    "KNOBS",
+    "PRESETS",
     "compare",
     "count_masks",
     "default_mix",
@@ -26,12 +29,16 @@ __all__ = [
 ]
 
 __version__: str
+KNOBS: tuple[tuple[str, tuple[str, ...]], ...]
+"""Every knob and its allowed values, in the order a policy crosses into the core."""
+PRESETS: dict[str, tuple[str, ...]]
+"""The presets of model.md section 7: name -> knob values, in the order of ``KNOBS``."""
 
-_U8 = npt.NDArray[np.uint8]
-_U32 = npt.NDArray[np.uint32]
-_U64 = npt.NDArray[np.uint64]
-_Columns = tuple[_U8, _U8, _U8, _U8, _U32, _U64]
-_Result = tuple[
+_U8: TypeAlias = npt.NDArray[np.uint8]
+_U32: TypeAlias = npt.NDArray[np.uint32]
+_U64: TypeAlias = npt.NDArray[np.uint64]
+_Columns: TypeAlias = tuple[_U8, _U8, _U8, _U8, _U32, _U64]
+_Result: TypeAlias = tuple[
     _U64,
     _U64,
     _U64,
@@ -41,8 +48,8 @@ _Result = tuple[
     npt.NDArray[np.bool_] | None,
     npt.NDArray[np.bool_] | None,
 ]
-_Signature = tuple[int, int, int, int, bool]
-_Knobs = tuple[str, ...]
+_Signature: TypeAlias = tuple[int, int, int, int, bool]
+_Knobs: TypeAlias = tuple[str, ...]
 
 def simulate(
     columns: _Columns, policy: _Knobs, n_pmcs: int, timeline: bool, threads: int | None = None
@@ -58,10 +65,10 @@ def generate(
     length: int,
     seed: int,
     n_pmcs: int,
-    mix: Any = None,
+    mix: Mix | None = None,
     threads: int | None = None,
 ) -> tuple[_Columns, _U64]: ...
-def generate_one(seed: int, index: int, length: int, n_pmcs: int, mix: Any) -> _Columns: ...
+def generate_one(seed: int, index: int, length: int, n_pmcs: int, mix: Mix | None) -> _Columns: ...
 def simulate_batch(
     columns: _Columns, offsets: _U64, policy: _Knobs, n_pmcs: int, threads: int | None = None
 ) -> tuple[
@@ -78,7 +85,7 @@ def fuzz_range(
     seed: int,
     length: int,
     n_pmcs: int,
-    mix: Any,
+    mix: Mix | None,
     start: int,
     end: int,
     threads: int | None = None,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from .trace import COLUMNS, Trace, integer_array
+from .trace import COLUMNS, Columns, Trace, integer_array
 
 __all__ = ["TraceBatch"]
 
@@ -27,14 +27,15 @@ class TraceBatch:
 
     def __init__(
         self,
-        offsets: Any,
-        op: Any,
-        pmc: Any = None,
-        cpl: Any = None,
-        flag: Any = None,
-        key: Any = None,
-        value: Any = None,
+        offsets: npt.ArrayLike,
+        op: npt.ArrayLike,
+        pmc: npt.ArrayLike | None = None,
+        cpl: npt.ArrayLike | None = None,
+        flag: npt.ArrayLike | None = None,
+        key: npt.ArrayLike | None = None,
+        value: npt.ArrayLike | None = None,
     ) -> None:
+        """A batch from its offsets and its record columns (see the class docstring)."""
         trace = Trace(op, pmc, cpl, flag, key, value)
         off = integer_array("offsets", offsets, np.dtype(np.uint64))
         if len(off) < 1:
@@ -51,7 +52,8 @@ class TraceBatch:
         object.__setattr__(self, "columns_trace", trace)
         object.__setattr__(self, "offsets", view)
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
+        """Refuse: a batch is immutable."""
         raise AttributeError("a TraceBatch is immutable")
 
     @classmethod
@@ -78,6 +80,7 @@ class TraceBatch:
         return self.columns_trace
 
     def __len__(self) -> int:
+        """The number of traces."""
         return len(self.offsets) - 1
 
     @property
@@ -100,11 +103,14 @@ class TraceBatch:
         return self.columns_trace[start:end]
 
     def __iter__(self) -> Iterator[Trace]:
+        """The traces, in order (column views)."""
         return (self.trace(i) for i in range(len(self)))
 
     def __repr__(self) -> str:
+        """``<TraceBatch of N traces, M records>``."""
         return f"<TraceBatch of {len(self)} traces, {self.n_records} records>"
 
-    def _core_args(self) -> tuple:
+    def _core_args(self) -> tuple[Columns, np.ndarray]:
+        """The columns and the offsets as the core takes them."""
         t = self.columns_trace
         return (t.op, t.pmc, t.cpl, t.flag, t.key, t.value), self.offsets

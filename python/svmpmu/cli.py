@@ -6,17 +6,21 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from . import __version__
+from ._api import compare, generate, simulate
 from .errors import PolicyError, TraceError
-from .fuzz import fuzz
-from .policy import KNOB_VALUES, PRESETS, Policy, resolve_policy
+from .fuzz import FuzzReport, fuzz
+from .policy import KNOB_VALUES, PRESETS, KnobValue, Policy, resolve_policy
+from .trace import Trace
 
 __all__ = ["main"]
 
 
-def _knob(text: str) -> tuple[str, object]:
+def _knob(text: str) -> tuple[str, KnobValue]:
+    """Parse a ``KNOB=VALUE`` option (argparse's error for an unknown knob or value)."""
     name, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KNOB=VALUE, got {text!r}")
@@ -34,7 +38,8 @@ def _knob(text: str) -> tuple[str, object]:
     return name, value
 
 
-def _policy(preset: str, overrides: list[tuple[str, object]]) -> Policy:
+def _policy(preset: str, overrides: list[tuple[str, KnobValue]]) -> Policy:
+    """A preset with some knobs overridden."""
     knobs: dict[str, Any] = dict(overrides)
     return dataclasses.replace(resolve_policy(preset), **knobs)
 
@@ -130,9 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_oracle(report, n: int, out) -> int:
+def _check_oracle(report: FuzzReport, n: int, out: TextIO) -> int:
+    """Replay the first ``n`` traces of the run through the oracle too; the disagreements."""
     from . import oracle
-    from ._api import generate, simulate
 
     batch = generate(n, report.length, seed=report.seed, mix=report.mix, n_pmcs=report.n_pmcs)
     bad = 0
@@ -148,7 +153,8 @@ def _check_oracle(report, n: int, out) -> int:
     return bad
 
 
-def _fuzz(args, out) -> int:
+def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu fuzz``."""
     from tqdm import tqdm
 
     policy = _policy(args.policy, args.policy_knobs)
@@ -165,7 +171,7 @@ def _fuzz(args, out) -> int:
     )
     last = [0]
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, _total: int) -> None:
         bar.update(done - last[0])
         last[0] = done
 
@@ -187,19 +193,18 @@ def _fuzz(args, out) -> int:
     else:
         print(report.format(counterexamples=not args.summary), file=out)
         if args.json:
-            with open(args.json, "w") as fh:
+            with Path(args.json).open("w") as fh:
                 fh.write(report.to_json(indent=2))
     status = 0 if report.complete else 130
-    if args.check_oracle:
-        if _check_oracle(report, args.check_oracle, sys.stderr if args.json == "-" else out):
-            status = 1
+    if args.check_oracle and _check_oracle(
+        report, args.check_oracle, sys.stderr if args.json == "-" else out
+    ):
+        status = 1
     return status
 
 
-def _replay(args, out) -> int:
-    from ._api import compare
-    from .trace import Trace
-
+def _replay(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu replay``."""
     trace = Trace.load(args.trace)
     policy = _policy(args.policy, args.policy_knobs)
     c = compare(trace, policy, args.reference, n_pmcs=args.n_pmcs)
@@ -211,7 +216,8 @@ def _replay(args, out) -> int:
     return 0
 
 
-def _presets(out) -> int:
+def _presets(out: TextIO) -> int:
+    """``svmpmu presets``."""
     for name, policy in PRESETS.items():
         knobs = policy.overrides()
         print(

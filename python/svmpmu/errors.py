@@ -14,11 +14,13 @@ class TraceError(ValueError):
     """
 
     def __init__(self, index: int, reason: str) -> None:
+        """The error of record ``index``, which breaks the rule ``reason``."""
         self.index = int(index)
         self.reason = str(reason)
         super().__init__(f"record {self.index}: {self.reason}")
 
-    def __reduce__(self):  # keep the two fields through pickling (multiprocessing)
+    def __reduce__(self) -> tuple[type[TraceError], tuple[int, str]]:
+        """Keep the two fields through pickling (multiprocessing)."""
         return (type(self), (self.index, self.reason))
 
 

@@ -53,6 +53,7 @@ class Signature:
         return f"{Op(self.op).name} on a {_HG[self.hg]} counter, {mode}: {who}"
 
     def as_tuple(self) -> tuple[int, int, int, int, bool]:
+        """``(op, hg, before, after, policy_counts)``, as the core writes a signature."""
         return (self.op, self.hg, self.before, self.after, self.policy_counts)
 
 
@@ -78,8 +79,10 @@ class DivergenceClass:
         c = self.comparison
         lines = [
             f"{self.signature.describe()}",
-            f"  {self.count} traces; first is trace {self.trace_index} "
-            f"({self.original_length} records), shrunk to {len(self.reproducer)}:",
+            (
+                f"  {self.count} traces; first is trace {self.trace_index} "
+                f"({self.original_length} records), shrunk to {len(self.reproducer)}:"
+            ),
         ]
         for k, line in enumerate(self.reproducer.format(None).splitlines()):
             note = _who_counted(self.policy_counted[k], self.reference_counted[k])
@@ -90,14 +93,15 @@ class DivergenceClass:
             mark = "  <--" if i in c.differing_pmcs else ""
             if exp or obs:
                 lines.append(f"  {i:>5}  {exp:>16}  {obs:>16}{mark}")
-        for k in c.differing_reads:
-            lines.append(
-                f"  read #{k}: expected {int(c.reference.reads[k])}, "
-                f"observed {int(c.policy.reads[k])}"
-            )
+        lines.extend(
+            f"  read #{k}: expected {int(c.reference.reads[k])}, observed {int(c.policy.reads[k])}"
+            for k in c.differing_reads
+        )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """The class as plain data (for JSON): the reproducer's columns and text, and the
+        counts of both models."""
         c = self.comparison
         return {
             "signature": {
@@ -156,6 +160,7 @@ class FuzzReport:
 
     @property
     def records_per_second(self) -> float:
+        """Records replayed (by both models) per second of the run."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
     def format(self, counterexamples: bool = True) -> str:
@@ -167,8 +172,10 @@ class FuzzReport:
         )
         lines = [
             head,
-            f"{self.diverging} diverging traces ({self.diverging / max(self.traces, 1):.2%}), "
-            f"{len(self.classes)} classes; {self.records_per_second / 1e6:.1f} M records/s",
+            (
+                f"{self.diverging} diverging traces ({self.diverging / max(self.traces, 1):.2%}), "
+                f"{len(self.classes)} classes; {self.records_per_second / 1e6:.1f} M records/s"
+            ),
         ]
         if self.classes:
             lines.append("")
@@ -184,6 +191,7 @@ class FuzzReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (for JSON), every class included."""
         return {
             "policy": str(self.policy),
             "policy_knobs": {k: getattr(self.policy, k) for k in self.policy.__dataclass_fields__},
@@ -201,7 +209,8 @@ class FuzzReport:
             "classes": [c.to_dict() for c in self.classes],
         }
 
-    def to_json(self, **kwargs: Any) -> str:
+    def to_json(self, **kwargs: Any) -> str:  # noqa: ANN401 (json.dumps's options, passed on)
+        """The report as JSON; ``kwargs`` go to :func:`json.dumps` (e.g. ``indent=2``)."""
         return json.dumps(self.to_dict(), **kwargs)
 
 
@@ -234,7 +243,7 @@ def fuzz(
     pk, qk = p._core_knobs, q._core_knobs
     _core.fuzz_range(pk, qk, seed, length, n_pmcs, mix, 0, 0, threads)
     done = records = diverging = 0
-    tallies: dict[tuple, list[int]] = {}
+    tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
     complete = True
     start = time.perf_counter()
     try:
@@ -246,7 +255,7 @@ def fuzz(
             records += r
             diverging += d
             for sig, count, first in classes:
-                t = tallies.setdefault(tuple(sig), [0, first])
+                t = tallies.setdefault(sig, [0, first])
                 t[0] += count
                 t[1] = min(t[1], first)
             done = end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -11,16 +12,11 @@ from . import _core
 
 __all__ = ["Mix"]
 
-_DEFAULT = _core.default_mix()
-
-
-def _default(name: str) -> Any:
-    value = _DEFAULT[name]
-    if isinstance(value, dict):
-        return field(default_factory=lambda: MappingProxyType(dict(value)))
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+_DEFAULT: dict[str, Any] = {
+    name: tuple(value) if isinstance(value, list) else value
+    for name, value in _core.default_mix().items()
+}
+"""The generator's own mix (lists as tuples), the defaults of :class:`Mix`."""
 
 
 @dataclass(frozen=True)
@@ -34,45 +30,46 @@ class Mix:
     only valid traces come out. Override with :func:`dataclasses.replace` or :meth:`with_ops`.
     """
 
-    ops: Any = _default("ops")  # noqa: RUF009 (a default_factory)
+    ops: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict(_DEFAULT["ops"])))
     """Relative weight of each op, by name (``"RUN"``, ``"VMRUN"``, ...)."""
-    hg: tuple = _default("hg")
+    hg: tuple[int, ...] = _DEFAULT["hg"]
     """Weights of a written selector's H/G bits: none, G only, H only, both."""
-    events: tuple = _default("events")
+    events: tuple[int, ...] = _DEFAULT["events"]
     """Weights of the event of a selector, a RUN or a filter: instructions, branches, other."""
-    cpl_bits: tuple = _default("cpl_bits")
+    cpl_bits: tuple[int, ...] = _DEFAULT["cpl_bits"]
     """Weights of a selector's OS/USR bits: both, OS only, USR only, neither."""
-    filter: tuple = _default("filter")
+    filter: tuple[int, ...] = _DEFAULT["filter"]
     """Weights of SET_FILTER actions: none, allow, deny."""
-    enable: int = _default("enable")
+    enable: int = _DEFAULT["enable"]
     """Per mille of written selectors with EN set."""
-    interrupt: int = _default("interrupt")
+    interrupt: int = _DEFAULT["interrupt"]
     """Per mille of written selectors with INT set."""
-    zero_selector: int = _default("zero_selector")
+    zero_selector: int = _DEFAULT["zero_selector"]
     """Per mille of selector writes of 0."""
-    reserved_junk: int = _default("reserved_junk")
+    reserved_junk: int = _DEFAULT["reserved_junk"]
     """Per mille of selector writes with random reserved bits (which the write drops)."""
-    kernel: int = _default("kernel")
+    kernel: int = _DEFAULT["kernel"]
     """Per mille of EMULATE and RUN records at CPL 0 (the rest at CPL 3)."""
-    branch: int = _default("branch")
+    branch: int = _DEFAULT["branch"]
     """Per mille of EMULATE records that are branches."""
-    ctr_near_wrap: int = _default("ctr_near_wrap")
+    ctr_near_wrap: int = _DEFAULT["ctr_near_wrap"]
     """Per mille of WRMSR_CTR values within 2^12 of the 48-bit wrap."""
-    run_huge: int = _default("run_huge")
+    run_huge: int = _DEFAULT["run_huge"]
     """Per mille of RUN records with n in 2^47..2^48 (counters wrap)."""
-    global_all: int = _default("global_all")
+    global_all: int = _DEFAULT["global_all"]
     """Per mille of WRMSR_GLOBAL_CTRL writes that enable every PMC (the rest are random)."""
-    run_max: int = _default("run_max")
+    run_max: int = _DEFAULT["run_max"]
     """The largest n of an ordinary RUN (n is uniform in 1..run_max)."""
 
     def __post_init__(self) -> None:
+        """Check the op names; give the ops left out a weight of 0; freeze ``ops``."""
         unknown = set(self.ops) - set(_DEFAULT["ops"])
         if unknown:
             raise ValueError(f"mix: unknown ops {sorted(unknown)}")
         missing = set(_DEFAULT["ops"]) - set(self.ops)
         if missing:
             object.__setattr__(
-                self, "ops", MappingProxyType({**{k: 0 for k in missing}, **dict(self.ops)})
+                self, "ops", MappingProxyType({**dict.fromkeys(missing, 0), **self.ops})
             )
         else:
             object.__setattr__(self, "ops", MappingProxyType(dict(self.ops)))

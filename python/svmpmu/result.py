@@ -35,6 +35,7 @@ class Result:
         return len(self.counters)
 
     def __eq__(self, other: object) -> bool:
+        """Equal when every array is (both None or) equal element by element."""
         if not isinstance(other, Result):
             return NotImplemented
         for name in self.__dataclass_fields__:
@@ -45,16 +46,16 @@ class Result:
                 return False
         return True
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: equality is by value
 
     def format(self) -> str:
         """A per-PMC table of the final values, and the READ values."""
         lines = [f"{'pmc':>3}  {'counter':>16}  {'eventsel_hw':>18}  {'overflows':>9}  {'pmis':>5}"]
-        for i in range(self.n_pmcs):
-            lines.append(
-                f"{i:>3}  {int(self.counters[i]):>16}  {int(self.eventsel_hw[i]):#18x}  "
-                f"{int(self.overflows[i]):>9}  {int(self.pmis[i]):>5}"
-            )
+        lines.extend(
+            f"{i:>3}  {int(self.counters[i]):>16}  {int(self.eventsel_hw[i]):#18x}  "
+            f"{int(self.overflows[i]):>9}  {int(self.pmis[i]):>5}"
+            for i in range(self.n_pmcs)
+        )
         lines.append("reads: " + (", ".join(str(int(v)) for v in self.reads) or "none"))
         return "\n".join(lines)
 
@@ -78,6 +79,7 @@ class Comparison:
     reference: Result
 
     def __bool__(self) -> bool:
+        """True when the two models diverge."""
         return self.diverges
 
     def format(self) -> str:
@@ -86,15 +88,14 @@ class Comparison:
             return "no divergence"
         lines = [f"diverges after record {self.first_divergence}"]
         lines.append(f"{'pmc':>3}  {'policy':>16}  {'reference':>16}  overflows  pmis")
-        for i in self.differing_pmcs:
-            p, r = self.policy, self.reference
-            lines.append(
-                f"{i:>3}  {int(p.counters[i]):>16}  {int(r.counters[i]):>16}  "
-                f"{int(p.overflows[i])}/{int(r.overflows[i])}  {int(p.pmis[i])}/{int(r.pmis[i])}"
-            )
-        for k in self.differing_reads:
-            lines.append(
-                f"read #{k}: policy {int(self.policy.reads[k])}, "
-                f"reference {int(self.reference.reads[k])}"
-            )
+        p, r = self.policy, self.reference
+        lines.extend(
+            f"{i:>3}  {int(p.counters[i]):>16}  {int(r.counters[i]):>16}  "
+            f"{int(p.overflows[i])}/{int(r.overflows[i])}  {int(p.pmis[i])}/{int(r.pmis[i])}"
+            for i in self.differing_pmcs
+        )
+        lines.extend(
+            f"read #{k}: policy {int(p.reads[k])}, reference {int(r.reads[k])}"
+            for k in self.differing_reads
+        )
         return "\n".join(lines)

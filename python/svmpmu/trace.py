@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from .model import (
     CPL_USER,
@@ -26,10 +28,18 @@ COLUMNS: dict[str, np.dtype] = {
 }
 """The record columns of a trace and their dtypes: 16 bytes a record."""
 
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""A trace's columns as they cross into the core: ``(op, pmc, cpl, flag, key, value)``."""
 
-def integer_array(name: str, data: Any, dtype: np.dtype) -> np.ndarray:
-    """``data`` as a contiguous 1-D array of ``dtype``, without a copy when it already is one;
-    a clear error for non-integers, negative values or values wider than ``dtype``."""
+FileLike = Union[str, os.PathLike[str], IO[bytes]]
+"""Where :meth:`Trace.save` writes and :meth:`Trace.load` reads: a path or a binary file."""
+
+
+def integer_array(name: str, data: npt.ArrayLike, dtype: np.dtype) -> np.ndarray:
+    """``data`` as a contiguous 1-D array of ``dtype``, without a copy when it already is one.
+
+    Raises TypeError for non-integers, ValueError for negative values or values wider than
+    ``dtype``."""
     array = np.asarray(data)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
@@ -46,7 +56,7 @@ def integer_array(name: str, data: Any, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _column(name: str, data: Any, length: int | None) -> np.ndarray:
+def _column(name: str, data: npt.ArrayLike | None, length: int | None) -> np.ndarray:
     """One column as a contiguous 1-D array of its dtype, without a copy when it already is one."""
     dtype = COLUMNS[name]
     if data is None:
@@ -81,13 +91,14 @@ class Trace:
 
     def __init__(
         self,
-        op: Any,
-        pmc: Any = None,
-        cpl: Any = None,
-        flag: Any = None,
-        key: Any = None,
-        value: Any = None,
+        op: npt.ArrayLike,
+        pmc: npt.ArrayLike | None = None,
+        cpl: npt.ArrayLike | None = None,
+        flag: npt.ArrayLike | None = None,
+        key: npt.ArrayLike | None = None,
+        value: npt.ArrayLike | None = None,
     ) -> None:
+        """A trace from its columns (see the class docstring); only ``op`` is required."""
         op_array = _column("op", op, None)
         n = len(op_array)
         columns = {
@@ -103,11 +114,12 @@ class Trace:
             view.flags.writeable = False
             object.__setattr__(self, name, view)
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
+        """Refuse: a trace is immutable."""
         raise AttributeError("a Trace is immutable")
 
     @classmethod
-    def from_columns(cls, columns: Mapping[str, Any]) -> Trace:
+    def from_columns(cls, columns: Mapping[str, npt.ArrayLike]) -> Trace:
         """A trace from a mapping of column names to arrays (e.g. an ``np.load`` of a ``.npz``)."""
         unknown = set(columns) - set(COLUMNS)
         if unknown:
@@ -118,17 +130,20 @@ class Trace:
         """The columns by name, in layout order."""
         return {name: getattr(self, name) for name in COLUMNS}
 
-    def save(self, path: Any) -> None:
+    def save(self, path: FileLike) -> None:
         """Write the trace to a ``.npz`` file (one array a column); :meth:`load` reads it."""
+        # mypy cannot tell **columns from savez's bool keyword allow_pickle; no column has that
+        # name, so the call is sound.
         np.savez(path, **self.columns())  # type: ignore[arg-type]
 
     @classmethod
-    def load(cls, path: Any) -> Trace:
+    def load(cls, path: FileLike) -> Trace:
         """Read a trace written by :meth:`save`."""
         with np.load(path) as data:
             return cls.from_columns({name: data[name] for name in data.files})
 
     def __len__(self) -> int:
+        """The number of records."""
         return len(self.op)
 
     @property
@@ -147,13 +162,15 @@ class Trace:
         return zip(*(getattr(self, name).tolist() for name in COLUMNS))
 
     def __eq__(self, other: object) -> bool:
+        """Equal when every column holds the same values."""
         if not isinstance(other, Trace):
             return NotImplemented
         return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in COLUMNS)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: equality is by value
 
     def __repr__(self) -> str:
+        """``<Trace of N records>``."""
         return f"<Trace of {len(self)} records>"
 
     def format(self, limit: int | None = 50) -> str:
@@ -213,6 +230,7 @@ class TraceBuilder:
     """
 
     def __init__(self) -> None:
+        """An empty builder."""
         self._records: list[tuple[int, int, int, int, int, int]] = []
 
     def _add(
@@ -296,7 +314,7 @@ class TraceBuilder:
         return self._add(Op.READ, pmc=pmc)
 
     def reset(self) -> TraceBuilder:
-        """vCPU reset: back to the reset state."""
+        """A vCPU reset: back to the reset state."""
         return self._add(Op.RESET)
 
     def extend(self, trace: Trace) -> TraceBuilder:
@@ -305,6 +323,7 @@ class TraceBuilder:
         return self
 
     def __len__(self) -> int:
+        """The number of records added so far."""
         return len(self._records)
 
     def build(self) -> Trace:
