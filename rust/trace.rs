@@ -241,10 +241,11 @@ pub const fn uses_pmc(o: u8) -> bool {
     (o == op::WRMSR_EVTSEL) | (o == op::WRMSR_CTR) | (o == op::READ)
 }
 
-/// Ops with a CPL (0 is kernel, 1..3 user).
+/// Ops with a CPL (0 is kernel, 1..3 user): the CPL of an emulated instruction or a run,
+/// and the CPL at which VMRUN resumes L2.
 #[inline(always)]
 pub const fn uses_cpl(o: u8) -> bool {
-    (o == op::EMULATE) | (o == op::RUN)
+    (o == op::EMULATE) | (o == op::RUN) | (o == op::VMRUN)
 }
 
 /// Ops with an event key (20 bits).
@@ -384,7 +385,8 @@ const fn mode_error(o: u8, flag: u8, state: u8) -> Option<&'static str> {
         }
         op::VMRUN if guest => Some("VMRUN in guest mode"),
         op::VMRUN_FAIL if guest => Some("VMRUN_FAIL in guest mode"),
-        op::VMRUN if !svme => Some("VMRUN with EFER.SVME = 0"),
+        op::VMRUN if !svme => Some("VMRUN with EFER.SVME = 0 (#UD: nothing retires)"),
+        op::VMRUN_FAIL if !svme => Some("VMRUN_FAIL with EFER.SVME = 0 (#UD: nothing retires)"),
         op::VMEXIT if !guest => Some("VMEXIT in host mode"),
         op::SET_NESTED_STATE if flag == 1 && !svme => {
             Some("SET_NESTED_STATE entering guest mode with EFER.SVME = 0")

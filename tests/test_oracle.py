@@ -1,18 +1,25 @@
 """Tests of the pure-Python oracle (svmpmu.oracle) against hand-computed cases.
 
-Every expected value here is worked out from shared/spec/model.md and docs/semantics.md by hand
-(the reasoning is in the comments), never by running the Rust core.
+Every expected value here is worked out from shared/spec/model.md (revision 2) and
+docs/semantics.md by hand (the reasoning is in the comments), never by running the Rust core.
+The policies are built from the oracle's own transcription of the presets
+(``svmpmu.oracle.PRESETS``, checked against the core's in tests/spec/test_presets.py). The last
+section checks that the core and the oracle agree on random traces.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import ast
+import inspect
 import random
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import svmpmu
+import svmpmu.oracle
 from svmpmu import (
     BRANCHES_RETIRED,
     EN,
@@ -29,7 +36,7 @@ from svmpmu import (
     event_key,
     eventsel,
 )
-from svmpmu.oracle import compare, simulate, validate
+from svmpmu.oracle import PRESETS, compare, simulate, validate
 
 TB = TraceBuilder
 WRAP = 1 << 48
@@ -40,12 +47,17 @@ G_SEL = eventsel(INSTRUCTIONS_RETIRED, guest_only=True)
 H_SEL = eventsel(INSTRUCTIONS_RETIRED, host_only=True)
 
 
+def preset(name: str, **knobs: object) -> Policy:
+    """The oracle's preset ``name`` (model.md section 7) as a Policy, with knobs overridden."""
+    return Policy(**{**PRESETS[name], **knobs})
+
+
 def final(**knobs: object) -> Policy:
-    return dataclasses.replace(Policy.preset("final"), **knobs)
+    return preset("final", **knobs)
 
 
 def arch(**knobs: object) -> Policy:
-    return dataclasses.replace(Policy.preset("arch"), **knobs)
+    return preset("arch", **knobs)
 
 
 def reads(trace: Trace, policy: object, **kwargs: object) -> list[int]:
@@ -94,19 +106,29 @@ def test_worked_example_result_shape_and_dtypes() -> None:
     assert isinstance(result, Result)
     for name in ("counters", "eventsel_hw", "overflows", "pmis"):
         array = getattr(result, name)
-        assert array.dtype == np.uint64 and array.shape == (2,)
+        assert array.dtype == np.uint64
+        assert array.shape == (2,)
     assert result.reads.dtype == np.uint64
-    assert result.hw_enabled is None and result.svme is None and result.guest_mode is None
+    assert result.hw_enabled is None
+    assert result.svme is None
+    assert result.guest_mode is None
 
 
-@pytest.mark.parametrize("policy", ["final", "arch"])
-def test_worked_example_timeline_final_and_arch(policy: str) -> None:
-    # final: the selector write only makes PMC 0 pending (eventsel_hw stays 0); the EFER sync
-    # re-evaluates it to host mode (G: off); VMRUN's sync turns it on; VMEXIT's sync off.
-    # arch: the ideal value: on exactly while in guest mode.
+@pytest.mark.parametrize(
+    ("policy", "hw"),
+    [
+        # final: the selector write programs eventsel_hw at once with EN as written (on); the
+        # EFER sync re-evaluates it to host mode (G: off); VMRUN's sync turns it on; VMEXIT's
+        # sync off.
+        ("final", [1, 0, 0, 1, 1, 0, 0]),
+        # arch: the ideal value: on exactly while in guest mode.
+        ("arch", [0, 0, 0, 1, 1, 0, 0]),
+    ],
+)
+def test_worked_example_timeline_final_and_arch(policy: str, hw: list[int]) -> None:
     result = simulate(worked_example(), policy, timeline=True)
     assert result.hw_enabled.dtype == np.uint8
-    assert result.hw_enabled.tolist() == [0, 0, 0, 1, 1, 0, 0]
+    assert result.hw_enabled.tolist() == hw
     assert result.svme.dtype == np.bool_
     assert result.svme.tolist() == [False, True, True, True, True, True, True]
     assert result.guest_mode.tolist() == [False, False, False, True, True, False, False]
@@ -115,11 +137,12 @@ def test_worked_example_timeline_final_and_arch(policy: str) -> None:
 
 
 def test_worked_example_timeline_v4_is_deferred() -> None:
-    # v4: nothing is re-evaluated before an entry; the VMENTRY (record 2) finds svme = 1 in
-    # host mode (off), the RUN's implicit entry finds guest mode (on), and the deferred VMEXIT
-    # leaves eventsel_hw stale with EN set until the end.
+    # v4: the selector write sets EN as written (on), and nothing is re-evaluated before an
+    # entry: the deferred EFER leaves it on, the VMENTRY (record 2) finds svme = 1 in host mode
+    # (off), the deferred VMRUN leaves it off, the RUN's implicit entry finds guest mode (on),
+    # and the deferred VMEXIT leaves eventsel_hw stale with EN set until the end.
     result = simulate(worked_example(), "v4", timeline=True)
-    assert result.hw_enabled.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert result.hw_enabled.tolist() == [1, 1, 0, 0, 1, 1, 1]
     assert int(result.eventsel_hw[0]) == G_SEL
 
 
@@ -194,13 +217,15 @@ def filter_on_sync_trace() -> Trace:
 
 
 def test_filter_on_sync_false_bypasses_the_filter() -> None:
+    # The write (record 2) sets EN as written, before the filter check; the VMENTRY turns it
+    # off; v3's VMRUN sync without the filter turns it on again.
     r = simulate(filter_on_sync_trace(), "v3", timeline=True)
     assert r.reads.tolist() == [100]
-    assert r.hw_enabled.tolist() == [0, 0, 0, 0, 1, 1, 1]
-    v3_filtered = dataclasses.replace(Policy.preset("v3"), filter_on_sync=True)
+    assert r.hw_enabled.tolist() == [0, 0, 1, 0, 1, 1, 1]
+    v3_filtered = preset("v3", filter_on_sync=True)
     r = simulate(filter_on_sync_trace(), v3_filtered, timeline=True)
     assert r.reads.tolist() == [0]
-    assert r.hw_enabled.tolist() == [0] * 7
+    assert r.hw_enabled.tolist() == [0, 0, 1, 0, 0, 0, 0]
     assert reads(filter_on_sync_trace(), "final") == [0]
     assert reads(filter_on_sync_trace(), "arch") == [0]
 
@@ -220,7 +245,7 @@ def test_sync_reevaluation_leaves_pending_alone() -> None:
     )
     r = simulate(trace, final(filter_on_sync=False), timeline=True)
     assert r.reads.tolist() == [0]
-    assert r.hw_enabled.tolist() == [0, 0, 0, 1, 0, 0]
+    assert r.hw_enabled.tolist() == [0, 0, 1, 1, 0, 0]  # record 2: EN as written
     # With an explicit entry before VMRUN nothing is pending any more: the bypass persists.
     trace = (
         TB()
@@ -280,12 +305,21 @@ def test_vmrun_timing(policy: Policy, expected: int) -> None:
 
 def leave_trace(leave: str) -> Trace:
     builder = TB().wrmsr_efer(1).wrmsr_evtsel(0, G_SEL).vmentry().vmrun().run(10)
-    getattr(builder, leave)()  # record 5: VMEXIT or FORCED_LEAVE
+    if leave == "set_nested_state_0":
+        builder.set_nested_state(0)  # record 5: through svm_leave_nested (revision 2)
+    else:
+        getattr(builder, leave)()  # record 5: VMEXIT or FORCED_LEAVE
     return builder.emulate(0).run(5).read(0).build()
 
 
 @pytest.mark.parametrize(
-    ("leave", "knob"), [("vmexit", "vmexit_timing"), ("forced_leave", "forced_leave_timing")]
+    ("leave", "knob"),
+    [
+        ("vmexit", "vmexit_timing"),
+        ("forced_leave", "forced_leave_timing"),
+        # revision 2: SET_NESTED_STATE(0) is the forced_leave flow
+        ("set_nested_state_0", "forced_leave_timing"),
+    ],
 )
 @pytest.mark.parametrize(
     ("timing", "expected"),
@@ -302,10 +336,19 @@ def test_leave_timing(leave: str, knob: str, timing: str, expected: int) -> None
     assert reads(leave_trace(leave), "arch") == [11]
 
 
+def test_set_nested_state_0_ignores_set_nested_state_timing() -> None:
+    # Leaving through SET_NESTED_STATE(0) follows forced_leave_timing (final: deferred), whatever
+    # set_nested_state_timing says: 12 as in test_leave_timing's deferred case.
+    for timing in ("sync", "deferred", "none"):
+        policy = final(set_nested_state_timing=timing)
+        assert reads(leave_trace("set_nested_state_0"), policy) == [12]
+
+
 def test_stale_eventsel_hw_with_timing_none() -> None:
     r = simulate(leave_trace("vmexit"), final(vmexit_timing="none"), timeline=True)
+    # The write (record 1) sets EN as written; the VMENTRY clears it (G, host); VMRUN sets it.
     # After the VMEXIT (record 5) eventsel_hw keeps EN although G must not count in L1.
-    assert r.hw_enabled.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert r.hw_enabled.tolist() == [0, 1, 0, 1, 1, 1, 1, 1, 1]
     assert int(r.eventsel_hw[0]) == G_SEL
     # The reference programs it off in host mode.
     ref = simulate(leave_trace("vmexit"), "arch", timeline=True)
@@ -345,9 +388,14 @@ def sns_trace() -> Trace:
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        (final(), 10),  # deferred: the emulated instruction is missed, the run counts
-        (final(set_nested_state_timing="sync"), 11),
+        # final (revision 2: set_nested_state_timing = sync): the emulated instruction (1) and
+        # the run (10) in guest mode
+        ("final", 11),
+        ("hybrid", 11),
+        (final(set_nested_state_timing="deferred"), 10),  # the emulated instruction is missed
         (final(set_nested_state_timing="none"), 0),
+        # SET_NESTED_STATE(1) is its own flow: vmrun_timing does not matter
+        (final(vmrun_timing="none"), 11),
         (arch(), 11),
     ],
 )
@@ -393,19 +441,31 @@ def test_failed_vmrun_retire() -> None:
     assert reads(trace, final(emul_mode_aware=False)) == [2]  # WRMSR_EVTSEL + VMRUN_FAIL
 
 
-def test_failed_vmrun_as_guest_with_svme0_uses_the_svme0_column() -> None:
-    trace = TB().wrmsr_evtsel(0, G_SEL).vmrun_fail().read(0).build()
-    assert reads(trace, arch(failed_vmrun_retire="guest")) == [0]
+def test_failed_vmrun_with_svme0_is_invalid() -> None:
+    # Revision 2: VMRUN_FAIL with svme = 0 is invalid, like VMRUN (#UD, nothing retires), under
+    # either failed_vmrun_retire (semantics' "svme = 0 column" reading is unreachable now).
     trace = TB().wrmsr_evtsel(0, INSTR).vmrun_fail().read(0).build()
-    assert reads(trace, arch(failed_vmrun_retire="guest")) == [1]
+    for policy in (arch(failed_vmrun_retire="guest"), arch(), final()):
+        with pytest.raises(TraceError) as info:
+            simulate(trace, policy)
+        assert info.value.index == 1
+        assert "svme = 0" in info.value.reason
 
 
 def test_sync_reevaluates_only_pmcs_with_hg_bits() -> None:
-    trace = TB().wrmsr_evtsel(0, INSTR).wrmsr_evtsel(1, H_SEL).wrmsr_efer(1).vmentry().build()
-    # The EFER sync turns PMC 1 on; PMC 0 (no H/G) waits for the entry.
-    assert simulate(trace, "final", timeline=True).hw_enabled.tolist() == [0, 0, 0b10, 0b11]
-    # The reference's ideal value: PMC 0 on at once, PMC 1 once svme = 1.
-    assert simulate(trace, "arch", timeline=True).hw_enabled.tolist() == [1, 1, 0b11, 0b11]
+    trace = (
+        TB()
+        .wrmsr_evtsel(0, BRANCH)  # 0: EN as written
+        .wrmsr_evtsel(1, H_SEL)  # 1: EN as written
+        .vmentry()  # 2: PMC 1 off (H, svme = 0)
+        .set_filter("deny", BRANCHES_RETIRED)  # 3: every PMC pending
+        .wrmsr_efer(1)  # 4: the sync turns PMC 1 on; PMC 0 (no H/G) is not re-evaluated
+        .vmentry()  # 5: PMC 0 off (denied)
+        .build()
+    )
+    assert simulate(trace, "final", timeline=True).hw_enabled.tolist() == [1, 3, 1, 1, 3, 2]
+    # The reference's ideal value: PMC 0 on until the filter, PMC 1 once svme = 1.
+    assert simulate(trace, "arch", timeline=True).hw_enabled.tolist() == [1, 1, 1, 0, 2, 2]
 
 
 def stale_then_write(selector: int) -> Trace:
@@ -643,7 +703,7 @@ def test_filter_is_checked_on_emulation_but_deferred_for_hardware() -> None:
         .build()
     )
     r = simulate(trace, "final", timeline=True)
-    assert r.hw_enabled.tolist() == [0, 1, 1, 1, 0, 0]
+    assert r.hw_enabled.tolist() == [1, 1, 1, 1, 0, 0]  # record 0: EN as written
     assert r.reads.tolist() == [1]
     assert simulate(trace, "arch", timeline=True).hw_enabled.tolist() == [1, 1, 0, 0, 0, 0]
 
@@ -671,31 +731,37 @@ def reset_trace() -> Trace:
         .read(0)  # 5
         .wrmsr_global_ctrl(0)  # 6
         .set_filter("deny", INSTRUCTIONS_RETIRED)  # 7
-        .reset()  # 8: from guest mode, back to the reset state
+        .reset()  # 8: from guest mode, back to the reset state; the filter stays (revision 2)
         .read(0)  # 9
-        .wrmsr_evtsel(0, INSTR)  # 10: global control and filter are back to their reset values
-        .run(7)  # 11
-        .read(0)  # 12
+        .wrmsr_evtsel(0, INSTR)  # 10: denied by the filter that survived the reset
+        .wrmsr_evtsel(1, BRANCH)  # 11: global control is back to all PMCs
+        .run(7)  # 12: denied on PMC 0
+        .run(5, event=BRANCHES_RETIRED)  # 13: PMC 1: 5
+        .emulate(0, branch=True)  # 14: PMC 1: 6; the instruction is denied on PMC 0
+        .read(0)  # 15
+        .read(1)  # 16
         .build()
     )
 
 
-@pytest.mark.parametrize(("policy", "last"), [("final", 8), ("arch", 7)])
-def test_reset(policy: str, last: int) -> None:
+@pytest.mark.parametrize("policy", ["final", "arch"])
+def test_reset(policy: str) -> None:
     r = simulate(reset_trace(), policy, timeline=True)
-    assert r.reads.tolist() == [4, 0, last]
-    assert r.counters.tolist() == [last, 0, 0, 0, 0, 0]
+    assert r.reads.tolist() == [4, 0, 0, 6]
+    assert r.counters.tolist() == [0, 6, 0, 0, 0, 0]
     assert r.overflows.tolist() == [0] * 6
     assert r.pmis.tolist() == [0] * 6
-    assert int(r.eventsel_hw[0]) == INSTR | GUEST_ONLY
+    # PMC 0 programmed off under the kept deny filter; PMC 1 on.
+    assert r.eventsel_hw.tolist()[:2] == [(INSTR | GUEST_ONLY) & ~EN, BRANCH | GUEST_ONLY]
     assert r.svme.tolist()[8] == False  # noqa: E712
     assert r.guest_mode.tolist()[7:9] == [True, False]
+    assert int(r.hw_enabled[8]) == 0
 
 
 def test_reset_clears_stale_eventsel_hw() -> None:
     trace = TB().wrmsr_efer(1).wrmsr_evtsel(0, G_SEL).vmentry().vmrun().vmexit().reset().build()
     r = simulate(trace, final(vmexit_timing="none"), timeline=True)
-    assert r.hw_enabled.tolist() == [0, 0, 0, 1, 1, 0]
+    assert r.hw_enabled.tolist() == [0, 1, 0, 1, 1, 0]  # record 1: EN as written
     assert r.eventsel_hw.tolist() == [0] * 6
 
 
@@ -717,11 +783,22 @@ INVALID = [
     ("efer flag", TB().wrmsr_efer(2).build(), 0, "flag"),
     ("sns flag", TB().set_nested_state(2).build(), 0, "flag"),
     ("filter flag", raw(op=[9], flag=[3]), 0, "flag"),
-    ("emulate flag", TB().emulate(0, branch=2).build(), 0, "flag"),  # type: ignore[arg-type]
+    ("emulate flag", TB().emulate(0, branch=2).build(), 0, "flag"),
     ("run key", TB().run(1, event=1 << 20).build(), 0, "20 bits"),
     ("filter key", TB().set_filter("deny", 1 << 20).build(), 0, "20 bits"),
     ("filter none key", TB().set_filter("none", 1 << 20).build(), 0, "20 bits"),
     ("vmrun svme0", TB().vmrun().build(), 0, "svme = 0"),
+    # revision 2: VMRUN_FAIL with svme = 0 is invalid like VMRUN
+    ("vmrun_fail svme0", TB().vmrun_fail().build(), 0, "svme = 0"),
+    (
+        "vmrun_fail after efer 0",
+        TB().wrmsr_efer(1).vmrun_fail().wrmsr_efer(0).vmrun_fail().build(),
+        3,
+        "svme = 0",
+    ),
+    ("vmrun_fail after reset", TB().wrmsr_efer(1).reset().vmrun_fail().build(), 2, "svme = 0"),
+    # revision 2: VMRUN's cpl is 0..3
+    ("vmrun cpl", TB().wrmsr_efer(1).vmrun(cpl=4).build(), 1, "cpl"),
     ("vmexit host", TB().wrmsr_efer(1).vmexit().build(), 1, "host mode"),
     ("efer guest", TB().wrmsr_efer(1).vmrun().wrmsr_efer(0).build(), 2, "guest mode"),
     ("vmrun guest", TB().wrmsr_efer(1).vmrun().vmrun().build(), 2, "guest mode"),
@@ -747,12 +824,15 @@ INVALID = [
     # rule order within one record
     ("cpl before key", raw(op=[11], cpl=[4], key=[1 << 20]), 0, "cpl"),
     ("flag before mode", TB().set_nested_state(2).build(), 0, "flag"),
+    ("cpl before mode", TB().vmrun(cpl=4).build(), 0, "cpl"),
     ("op before pmc", raw(op=[200], pmc=[200]), 0, "unknown op"),
 ]
 
 
-@pytest.mark.parametrize(("name", "trace", "index", "word"), INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_traces(name: str, trace: Trace, index: int, word: str) -> None:
+@pytest.mark.parametrize(
+    ("trace", "index", "word"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_traces(trace: Trace, index: int, word: str) -> None:
     for check in (
         lambda: validate(trace),
         lambda: simulate(trace, "final"),
@@ -774,7 +854,8 @@ def test_pmc_limit_follows_n_pmcs() -> None:
 
 
 VALID = [
-    ("vmrun_fail with svme 0", TB().vmrun_fail().build()),
+    ("vmrun_fail with svme 1", TB().wrmsr_efer(1).vmrun_fail().build()),
+    ("vmrun at cpl 3", TB().wrmsr_efer(1).vmrun(cpl=3).build()),
     ("forced leave in host mode", TB().forced_leave().build()),
     ("sns 0 in host mode", TB().set_nested_state(0).build()),
     ("sns 1 in guest mode", TB().wrmsr_efer(1).vmrun().set_nested_state(1).build()),
@@ -792,8 +873,8 @@ VALID = [
 ]
 
 
-@pytest.mark.parametrize(("name", "trace"), VALID, ids=[c[0] for c in VALID])
-def test_valid_traces(name: str, trace: Trace) -> None:
+@pytest.mark.parametrize("trace", [c[1] for c in VALID], ids=[c[0] for c in VALID])
+def test_valid_traces(trace: Trace) -> None:
     assert validate(trace) is None
     for policy in ("final", "arch"):
         assert simulate(trace, policy).counters.tolist() == [0] * 6
@@ -816,17 +897,88 @@ def test_unused_fields_are_ignored() -> None:
 @pytest.mark.parametrize("n_pmcs", [0, 7, -1])
 def test_n_pmcs_out_of_range(n_pmcs: int) -> None:
     trace = worked_example()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_pmcs"):
         simulate(trace, "final", n_pmcs=n_pmcs)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_pmcs"):
         validate(trace, n_pmcs=n_pmcs)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_pmcs"):
         compare(trace, "final", n_pmcs=n_pmcs)
 
 
 def test_unknown_preset() -> None:
     with pytest.raises(PolicyError):
         simulate(worked_example(), "v2")
+
+
+# --------------------------------------------------------------------------------------------
+# Policies: the oracle's own preset table, and knobs read by attribute name
+# --------------------------------------------------------------------------------------------
+
+
+def test_presets_are_plain_knob_tables() -> None:
+    # Section 7, transcribed: a few cells of the table, including revision 2's
+    # set_nested_state_timing = sync of final and hybrid.
+    assert PRESETS["final"]["set_nested_state_timing"] == "sync"
+    assert PRESETS["hybrid"]["set_nested_state_timing"] == "sync"
+    assert PRESETS["final"]["forced_leave_timing"] == "deferred"
+    assert PRESETS["v1"]["forced_leave_timing"] == "none"
+    assert PRESETS["legacy"]["hg"] == "reserved"
+    assert PRESETS["v4"]["emul_mode_aware"] is False
+    assert PRESETS["arch"] == {
+        "model": "arch",
+        "enabling_wrmsr": "old",
+        "efer_retire": "new",
+        "vmrun_retire": "guest",
+        "failed_vmrun_retire": "host",
+    }
+
+
+def test_the_oracle_does_not_use_svmpmu_policy_or_the_core_at_run_time() -> None:
+    # Imports of svmpmu.policy only under `if TYPE_CHECKING:`; no import of the core at all.
+    tree = ast.parse(inspect.getsource(svmpmu.oracle))
+    type_checking_only = {
+        id(node)
+        for top in tree.body
+        if isinstance(top, ast.If) and ast.unparse(top.test) == "TYPE_CHECKING"
+        for node in ast.walk(top)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names]
+            assert not any("_core" in name for name in names), ast.unparse(node)
+            if any("policy" in name for name in names):
+                assert id(node) in type_checking_only, ast.unparse(node)
+    assert not hasattr(svmpmu.oracle, "resolve_policy")
+    assert not hasattr(svmpmu.oracle, "Policy")
+
+
+def test_a_policy_is_read_by_attribute_name() -> None:
+    # Any object with the knobs as attributes will do; only the knobs of its model are read.
+    kvm = SimpleNamespace(**{**PRESETS["final"], "vmrun_order": "before_entry"})
+    assert reads(worked_example(), kvm) == [1000]
+    ref = SimpleNamespace(**{**PRESETS["arch"], "vmrun_retire": "host"})
+    assert reads(worked_example(), ref) == [1000]
+    # The same knobs through a Policy.
+    assert reads(worked_example(), final(vmrun_order="before_entry")) == [1000]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        SimpleNamespace(**{k: v for k, v in PRESETS["final"].items() if k != "hg"}),
+        SimpleNamespace(**{**PRESETS["final"], "vmrun_timing": "later"}),
+        SimpleNamespace(**{**PRESETS["final"], "emul_mode_aware": 1}),
+        SimpleNamespace(**{**PRESETS["final"], "model": "kvm2"}),
+        SimpleNamespace(**{**PRESETS["arch"], "vmrun_retire": "guest mode"}),
+        42,
+        None,
+    ],
+    ids=["missing", "bad-value", "int-for-bool", "bad-model", "bad-reference-knob", "int", "none"],
+)
+def test_bad_policies(policy: object) -> None:
+    with pytest.raises(PolicyError):
+        simulate(worked_example(), policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,9 +989,11 @@ def test_unknown_preset() -> None:
 def test_compare_final_matches_arch_on_the_worked_example() -> None:
     c = compare(worked_example(), "final")
     assert isinstance(c, Comparison)
-    assert not c.diverges and not c
+    assert not c.diverges
+    assert not c
     assert c.first_divergence is None
-    assert c.differing_pmcs == () and c.differing_reads == ()
+    assert c.differing_pmcs == ()
+    assert c.differing_reads == ()
     assert c.reference.reads.tolist() == [1001]
 
 
@@ -861,7 +1015,8 @@ def test_compare_v4_diverges_at_the_enabling_wrmsr() -> None:
 def test_compare_with_another_reference() -> None:
     assert not compare(worked_example(), "v4", reference="v4").diverges
     c = compare(worked_example(), final(vmrun_order="before_entry"), reference="v4")
-    assert c.first_divergence == 0 and c.differing_reads == (0,)
+    assert c.first_divergence == 0
+    assert c.differing_reads == (0,)
 
 
 def test_compare_overflow_only_divergence_has_a_location() -> None:
@@ -929,17 +1084,21 @@ def test_compare_differing_reads_positions() -> None:
 
 
 def random_trace(seed: int, length: int) -> Trace:
+    """A valid random trace: selectors with any H/G, OS/USR, INT and EN bits; VMRUN into L2 at
+    CPL 0 or 3; every op, RESET included."""
     rng = random.Random(seed)
     builder = TB()
     svme = guest = False
     keys = [INSTRUCTIONS_RETIRED, BRANCHES_RETIRED]
     while len(builder) < length:
-        choice = rng.randrange(13)
+        choice = rng.randrange(14)
         if choice == 0:
             builder.wrmsr_evtsel(
                 rng.randrange(6),
                 eventsel(
                     rng.choice(keys),
+                    usr=rng.random() < 0.8,
+                    os=rng.random() < 0.8,
                     host_only=rng.random() < 0.4,
                     guest_only=rng.random() < 0.4,
                     interrupt=rng.random() < 0.5,
@@ -950,7 +1109,7 @@ def random_trace(seed: int, length: int) -> Trace:
             svme = rng.random() < 0.7
             builder.wrmsr_efer(svme)
         elif choice == 2 and svme and not guest:
-            builder.vmrun()
+            builder.vmrun(cpl=rng.choice((0, 3)))
             guest = True
         elif choice == 3 and guest:
             builder.vmexit()
@@ -970,29 +1129,35 @@ def random_trace(seed: int, length: int) -> Trace:
         elif choice == 10:
             builder.forced_leave()
             guest = False
-        elif choice == 11 and not guest:
+        elif choice == 11 and svme and not guest:
             builder.vmrun_fail()
         elif choice == 12 and svme:
             guest = rng.random() < 0.5
             builder.set_nested_state(guest)
+        elif choice == 13 and rng.random() < 0.1:
+            builder.reset()
+            svme = guest = False
     return builder.build()
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_knobs_of_the_other_model_are_ignored(seed: int) -> None:
     trace = random_trace(seed, 400)
-    kvm_only = dict(
-        svme0="ignore",
-        hg="reserved",
-        emul_mode_aware=False,
-        filter_on_sync=False,
-        efer_timing="none",
-        vmrun_timing="deferred",
-        vmrun_order="before_entry",
-    )
-    arch_only = dict(
-        enabling_wrmsr="new", efer_retire="old", vmrun_retire="host", failed_vmrun_retire="guest"
-    )
+    kvm_only = {
+        "svme0": "ignore",
+        "hg": "reserved",
+        "emul_mode_aware": False,
+        "filter_on_sync": False,
+        "efer_timing": "none",
+        "vmrun_timing": "deferred",
+        "vmrun_order": "before_entry",
+    }
+    arch_only = {
+        "enabling_wrmsr": "new",
+        "efer_retire": "old",
+        "vmrun_retire": "host",
+        "failed_vmrun_retire": "guest",
+    }
     assert simulate(trace, arch(**kvm_only), timeline=True) == simulate(
         trace, "arch", timeline=True
     )
@@ -1020,3 +1185,61 @@ def test_a_few_thousand_records_well_under_a_second() -> None:
     simulate(trace, "final", timeline=True)
     simulate(trace, "arch", timeline=True)
     assert time.perf_counter() - start < 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# The core and the oracle agree on random traces (VMRUN into L2 at CPL 0 and 3)
+# --------------------------------------------------------------------------------------------
+
+
+def assert_core_agrees(trace: Trace, policy: object, n_pmcs: int = 6) -> None:
+    core = svmpmu.simulate(trace, policy, n_pmcs=n_pmcs, timeline=True)
+    ours = simulate(trace, policy, n_pmcs=n_pmcs, timeline=True)
+    if core != ours:
+        pytest.fail(
+            f"core and oracle disagree under {policy}:\n{trace.format(None)}\n"
+            f"core:\n{core.format()}\noracle:\n{ours.format()}"
+        )
+
+
+def test_random_traces_have_vmruns_at_both_cpls() -> None:
+    cpls = set()
+    for seed in range(5):
+        trace = random_trace(seed, 400)
+        cpls |= set(trace.cpl[trace.op == 4].tolist())
+    assert cpls == {0, 3}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("seed", range(3))
+def test_core_and_oracle_agree_on_random_traces(name: str, seed: int) -> None:
+    # By name: each implementation resolves the preset through its own table.
+    assert_core_agrees(random_trace(100 + seed, 400), name)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_core_and_oracle_agree_under_random_knobs(seed: int) -> None:
+    rng = random.Random(seed)
+    policy = Policy(**{knob: rng.choice(values) for knob, values in svmpmu.KNOB_VALUES.items()})
+    n_pmcs = rng.randint(1, 6)
+    trace = random_trace(200 + seed, 300)
+    # keep the PMC indices below n_pmcs
+    columns = trace.columns()
+    columns["pmc"] = columns["pmc"] % n_pmcs
+    assert_core_agrees(Trace.from_columns(columns), policy, n_pmcs=n_pmcs)
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n != "arch"])
+def test_core_and_oracle_compare_alike(name: str) -> None:
+    for seed in range(3):
+        trace = random_trace(300 + seed, 200)
+        a = svmpmu.compare(trace, name, "arch")
+        b = compare(trace, name, "arch")
+        assert (a.diverges, a.first_divergence, a.differing_pmcs, a.differing_reads) == (
+            b.diverges,
+            b.first_divergence,
+            b.differing_pmcs,
+            b.differing_reads,
+        )
+        assert a.policy == b.policy
+        assert a.reference == b.reference

@@ -50,6 +50,8 @@ class Mix:
     """Per mille of selector writes with random reserved bits (which the write drops)."""
     kernel: int = _DEFAULT["kernel"]
     """Per mille of EMULATE and RUN records at CPL 0 (the rest at CPL 3)."""
+    vmrun_user: int = _DEFAULT["vmrun_user"]
+    """Per mille of VMRUN records into an L2 that resumes at CPL 3 (the rest at CPL 0)."""
     branch: int = _DEFAULT["branch"]
     """Per mille of EMULATE records that are branches."""
     ctr_near_wrap: int = _DEFAULT["ctr_near_wrap"]

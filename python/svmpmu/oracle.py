@@ -1,11 +1,15 @@
 """The pure-Python oracle: a second, independent implementation of the svmpmu model.
 
-This module implements ``shared/spec/model.md`` (sections 2 to 8, quoted as "spec §N") and the
-project's decisions in ``docs/semantics.md`` (quoted as "semantics") as a plain per-record
-interpreter: explicit state, one loop over the PMCs for every rule, Python ints for counters. It
-is written from the specification text only and imports nothing from the Rust core, so that
-cross-checking the two finds mistakes in either. It is meant to be read, not to be fast (a few
-thousand records take a few milliseconds).
+This module implements ``shared/spec/model.md`` revision 2 (sections 2 to 8 as revised by
+section 10, quoted as "spec §N") and the project's decisions in ``docs/semantics.md`` (quoted as
+"semantics") as a plain per-record interpreter: explicit state, one loop over the PMCs for every
+rule, Python ints for counters. Where revision 2 changed a rule that semantics still describes
+the old way (VMRUN's CPL, VMRUN_FAIL with svme = 0, eventsel_hw right after a selector write),
+the spec wins. It is written from the specification text only and imports nothing from the Rust
+core, not even the presets: it keeps its own transcription of the preset table of spec §7
+(:data:`PRESETS`) and reads a :class:`~svmpmu.Policy` by attribute name, so that cross-checking
+the two finds mistakes in either. It is meant to be read, not to be fast (a few thousand records
+take a few milliseconds).
 
 Public functions, with the same signatures and result types as the core's:
 
@@ -19,12 +23,13 @@ Public functions, with the same signatures and result types as the core's:
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, SupportsIndex, Union
 
 import numpy as np
 
-from .errors import TraceError
+from .errors import PolicyError, TraceError
 from .model import (
     BRANCHES_RETIRED,
     COUNTER_BITS,
@@ -42,11 +47,13 @@ from .model import (
     Op,
     selector_key,
 )
-from .policy import Policy, PolicyLike, resolve_policy
 from .result import Comparison, Result
 from .trace import Trace
 
-__all__ = ["compare", "simulate", "validate"]
+if TYPE_CHECKING:  # only for annotations: the oracle does not use svmpmu.policy at run time
+    from .policy import PolicyLike
+
+__all__ = ["PRESETS", "compare", "simulate", "validate"]
 
 HOST_GUEST = HOST_ONLY | GUEST_ONLY
 """Both mode bits: a selector "has an H or G bit" when it has any of these."""
@@ -60,7 +67,7 @@ MAX_CPL = 3
 # Ops that take a PMC index, and the allowed flag range of the ops that take a flag
 # (semantics, validation rules 2 and 4).
 _OPS_WITH_PMC = (Op.WRMSR_EVTSEL, Op.WRMSR_CTR, Op.READ)
-_OPS_WITH_CPL = (Op.EMULATE, Op.RUN)
+_OPS_WITH_CPL = (Op.EMULATE, Op.RUN, Op.VMRUN)  # VMRUN: spec §10 change 1
 _FLAG_LIMIT = {
     Op.WRMSR_EFER: 1,
     Op.SET_NESTED_STATE: 1,
@@ -68,6 +75,164 @@ _FLAG_LIMIT = {
     Op.EMULATE: 1,
 }
 _OPS_WITH_KEY = (Op.RUN, Op.SET_FILTER)
+
+
+# --------------------------------------------------------------------------------------------
+# Policies: the knobs (spec §5, §6) and the presets (spec §7), transcribed here on purpose
+# --------------------------------------------------------------------------------------------
+
+KnobValue = Union[str, bool]
+"""The value of one knob: a word, or True/False for the two yes/no knobs."""
+
+_TIMINGS = ("sync", "deferred", "none")
+
+_MODELS = ("kvm", "arch")
+"""``model``: the KVM model of spec §6 or the architectural reference of spec §5."""
+
+_KVM_KNOBS: dict[str, tuple[KnobValue, ...]] = {
+    "svme0": ("off", "ignore"),
+    "hg": ("honored", "reserved"),
+    "emul_mode_aware": (True, False),
+    "filter_on_sync": (True, False),
+    "efer_timing": _TIMINGS,
+    "vmrun_timing": _TIMINGS,
+    "vmexit_timing": _TIMINGS,
+    "forced_leave_timing": _TIMINGS,
+    "set_nested_state_timing": _TIMINGS,
+    "vmrun_order": ("before_entry", "after_entry"),
+}
+"""The knobs of the KVM model (spec §6 "Policy knobs summary") and their values, in the column
+order of the preset table of spec §7."""
+
+_REFERENCE_KNOBS: dict[str, tuple[KnobValue, ...]] = {
+    "enabling_wrmsr": ("old", "new"),
+    "efer_retire": ("new", "old"),
+    "vmrun_retire": ("guest", "host"),
+    "failed_vmrun_retire": ("host", "guest"),
+}
+"""The knobs of the reference (spec §5 attribution table), each with its default first."""
+
+# The rows of the preset table of spec §7, in its column order (that of _KVM_KNOBS): svme0, hg,
+# emul_mode_aware, filter_on_sync (yes/no as True/False), then the timings of the efer, vmrun,
+# vmexit, forced_leave and set_nested_state flows, then vmrun_order.
+# fmt: off
+_KVM_PRESET_ROWS: dict[str, tuple[KnobValue, ...]] = {
+    "final":  ("off",    "honored",  True,  True,
+               "sync",     "sync",     "sync",     "deferred", "sync",     "after_entry"),
+    "v4":     ("ignore", "honored",  False, True,
+               "deferred", "deferred", "deferred", "deferred", "deferred", "before_entry"),
+    "v3":     ("ignore", "honored",  False, False,
+               "sync",     "sync",     "sync",     "sync",     "sync",     "before_entry"),
+    "v1":     ("ignore", "honored",  False, False,
+               "sync",     "sync",     "sync",     "none",     "none",     "before_entry"),
+    "hybrid": ("ignore", "honored",  True,  True,
+               "sync",     "sync",     "sync",     "deferred", "sync",     "after_entry"),
+    "legacy": ("off",    "reserved", False, True,
+               "none",     "none",     "none",     "none",     "none",     "before_entry"),
+}
+# fmt: on
+
+PRESETS: dict[str, dict[str, KnobValue]] = {
+    **{
+        name: {"model": "kvm", **dict(zip(_KVM_KNOBS, row))}
+        for name, row in _KVM_PRESET_ROWS.items()
+    },
+    # "arch": the reference of spec §5, with the default of every attribution knob.
+    "arch": {"model": "arch", **{knob: values[0] for knob, values in _REFERENCE_KNOBS.items()}},
+}
+"""The presets of spec §7, the oracle's own transcription: name -> the knobs that apply to the
+preset's model (``model`` and the ten KVM knobs, or ``model`` and the four reference knobs)."""
+
+
+@dataclass(frozen=True)
+class _KvmKnobs:
+    """A KVM policy as the oracle reads it: the knobs of spec §6."""
+
+    svme0: str
+    hg: str
+    emul_mode_aware: bool
+    filter_on_sync: bool
+    efer_timing: str
+    vmrun_timing: str
+    vmexit_timing: str
+    forced_leave_timing: str
+    set_nested_state_timing: str
+    vmrun_order: str
+
+
+@dataclass(frozen=True)
+class _ReferenceKnobs:
+    """The reference as the oracle reads it: the attribution knobs of spec §5."""
+
+    enabling_wrmsr: str
+    efer_retire: str
+    vmrun_retire: str
+    failed_vmrun_retire: str
+
+
+def _knob(read: Callable[[str], object], knob: str, allowed: tuple[KnobValue, ...]) -> KnobValue:
+    """One knob, checked against its allowed values (a yes/no knob must be a real bool, not 1
+    or "yes"); returned as the allowed value it equals."""
+    value = read(knob)
+    if not (isinstance(value, (str, bool)) and value in allowed):
+        raise PolicyError(
+            f"knob {knob!r} cannot be {value!r}; allowed: " + ", ".join(map(repr, allowed))
+        )
+    return allowed[allowed.index(value)]
+
+
+def _text(value: KnobValue) -> str:
+    """A word knob's value (one of its allowed words, checked by _knob)."""
+    return str(value)
+
+
+def _yes(value: KnobValue) -> bool:
+    """A yes/no knob's value (True or False, checked by _knob)."""
+    return value is True
+
+
+def _resolve(policy: PolicyLike) -> _KvmKnobs | _ReferenceKnobs:
+    """The knobs of ``policy``: a preset name, looked up in :data:`PRESETS`, or any object with
+    the knobs as attributes (a :class:`~svmpmu.Policy`). Only the knobs that apply to its model
+    are read (semantics, "Which knobs apply"). PolicyError for anything else."""
+    read: Callable[[str], object]
+    if isinstance(policy, str):
+        if policy not in PRESETS:
+            raise PolicyError(f"unknown preset {policy!r}; presets: " + ", ".join(PRESETS))
+        read = PRESETS[policy].__getitem__
+    else:
+
+        def read(knob: str) -> object:
+            try:
+                return getattr(policy, knob)
+            except AttributeError:
+                raise PolicyError(
+                    f"expected a Policy or a preset name, got {type(policy).__name__} "
+                    f"(no knob {knob!r})"
+                ) from None
+
+    model = _knob(read, "model", _MODELS)
+    if model == "arch":
+        ref = {knob: _knob(read, knob, allowed) for knob, allowed in _REFERENCE_KNOBS.items()}
+        return _ReferenceKnobs(
+            enabling_wrmsr=_text(ref["enabling_wrmsr"]),
+            efer_retire=_text(ref["efer_retire"]),
+            vmrun_retire=_text(ref["vmrun_retire"]),
+            failed_vmrun_retire=_text(ref["failed_vmrun_retire"]),
+        )
+    kvm = {knob: _knob(read, knob, allowed) for knob, allowed in _KVM_KNOBS.items()}
+    return _KvmKnobs(
+        svme0=_text(kvm["svme0"]),
+        hg=_text(kvm["hg"]),
+        emul_mode_aware=_yes(kvm["emul_mode_aware"]),
+        filter_on_sync=_yes(kvm["filter_on_sync"]),
+        efer_timing=_text(kvm["efer_timing"]),
+        vmrun_timing=_text(kvm["vmrun_timing"]),
+        vmexit_timing=_text(kvm["vmexit_timing"]),
+        forced_leave_timing=_text(kvm["forced_leave_timing"]),
+        set_nested_state_timing=_text(kvm["set_nested_state_timing"]),
+        vmrun_order=_text(kvm["vmrun_order"]),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,16 +281,18 @@ class _Vcpu:
         self.n_pmcs = n_pmcs
         self.all_pmcs = (1 << n_pmcs) - 1
         self.reads: list[int] = []  # an output, not state: RESET does not clear it
+        # The filter is the VM's, not the vCPU's: none at the start of a trace, and RESET
+        # leaves it as it is (spec §3, §10 change 4).
+        self.filter_action = FilterAction.NONE
+        self.filter_key = 0
         self.reset()
 
     def reset(self) -> None:
-        """Spec §3 reset state: svme = 0, host mode, all PMCs globally enabled, no filter,
-        selectors, counters, overflow and PMI counts zero."""
+        """Spec §3 reset state: svme = 0, host mode, all PMCs globally enabled, selectors,
+        counters, overflow and PMI counts zero. The filter is kept (spec §10 change 4)."""
         self.svme = False
         self.guest_mode = False
         self.global_ctrl = self.all_pmcs
-        self.filter_action = FilterAction.NONE
-        self.filter_key = 0
         self.eventsel = [0] * self.n_pmcs
         self.counter = [0] * self.n_pmcs
         self.overflows = [0] * self.n_pmcs
@@ -184,7 +351,7 @@ class _Reference(_Vcpu):
     # (spec §2, semantics "Selector writes").
     reserved = RESERVED_BITS & ~HOST_GUEST
 
-    def __init__(self, policy: Policy, n_pmcs: int) -> None:
+    def __init__(self, policy: _ReferenceKnobs, n_pmcs: int) -> None:
         self.policy = policy
         super().__init__(n_pmcs)
 
@@ -240,12 +407,13 @@ class _Reference(_Vcpu):
             if policy.efer_retire == "new":
                 self.retire()
         elif op == Op.VMRUN:
-            # vmrun_retire: "guest" (hardware counts VMRUN as a guest instruction) or "host".
+            # vmrun_retire: "guest" (hardware counts VMRUN as a guest instruction, at L2's CPL:
+            # the record's cpl, spec §10 change 1) or "host" (host mode, CPL 0).
             if policy.vmrun_retire == "host":
-                self.retire()
+                self.retire(cpl=0)
             self.guest_mode = True
             if policy.vmrun_retire == "guest":
-                self.retire()
+                self.retire(cpl=cpl)
         elif op == Op.VMRUN_FAIL:
             # failed_vmrun_retire: "host" (default) or "guest"; semantics: the guest reading
             # takes the mode rule with guest_mode = true and the current svme.
@@ -253,6 +421,8 @@ class _Reference(_Vcpu):
         elif op in (Op.VMEXIT, Op.FORCED_LEAVE):
             self.guest_mode = False  # FORCED_LEAVE in host mode: a no-op, as this is
         elif op == Op.SET_NESTED_STATE:
+            # Only the mode matters to the reference; the flow (set_nested_state or
+            # forced_leave) is KVM's business.
             self.guest_mode = bool(flag)
         elif op == Op.SET_FILTER:
             self.set_filter(flag, key)
@@ -265,7 +435,7 @@ class _Reference(_Vcpu):
         elif op == Op.READ:
             self.read(pmc)
         elif op == Op.RESET:
-            self.reset()
+            self.reset()  # the filter survives (spec §10 change 4)
 
     def programmed(self, i: int) -> int:
         """Spec §8 / semantics: what an ideal hypervisor would program now (filter included,
@@ -287,23 +457,24 @@ class _Reference(_Vcpu):
 class _Kvm(_Vcpu):
     """KVM (L0) virtualizing the PMU of L1 under one policy (spec §6)."""
 
-    def __init__(self, policy: Policy, n_pmcs: int) -> None:
+    def __init__(self, policy: _KvmKnobs, n_pmcs: int) -> None:
         self.policy = policy
         self.hg_honored = policy.hg == "honored"
         # Spec §2: bits 40/41 are reserved (dropped on write) unless H/G is honoured.
         self.reserved = RESERVED_BITS & ~HOST_GUEST if self.hg_honored else RESERVED_BITS
-        # Spec §6: one timing knob per flow.
+        # Spec §6: one timing knob per flow, by the flow's name.
         self.timing = {
-            Op.WRMSR_EFER: policy.efer_timing,
-            Op.VMRUN: policy.vmrun_timing,
-            Op.VMEXIT: policy.vmexit_timing,
-            Op.FORCED_LEAVE: policy.forced_leave_timing,
-            Op.SET_NESTED_STATE: policy.set_nested_state_timing,
+            "efer": policy.efer_timing,
+            "vmrun": policy.vmrun_timing,
+            "vmexit": policy.vmexit_timing,
+            "forced_leave": policy.forced_leave_timing,
+            "set_nested_state": policy.set_nested_state_timing,
         }
         super().__init__(n_pmcs)
 
     def reset(self) -> None:
-        """Spec §6 RESET: everything to the reset state, nothing stale survives."""
+        """Spec §6 RESET: everything to the reset state (nothing stale survives), except the
+        filter, which is the VM's (kept by _Vcpu.reset)."""
         super().reset()
         self.eventsel_hw = [0] * self.n_pmcs
         self.emul_ok = [False] * self.n_pmcs
@@ -312,7 +483,8 @@ class _Kvm(_Vcpu):
     # -- re-evaluation ---------------------------------------------------------------------
 
     def counts_in_mode(self, i: int) -> bool:
-        """Spec §6 counts_in_mode(i): the §5 table with the svme0 and hg knobs."""
+        """Whether PMC i counts in the current mode: spec §6 ``counts_in_mode``, the §5 table
+        with the svme0 and hg knobs."""
         if not self.hg_honored:
             return True  # hg = reserved: every counter counts in both modes
         return _mode_rule(
@@ -346,8 +518,9 @@ class _Kvm(_Vcpu):
             self.reevaluate(i, honour_filter=True)
         self.pending.clear()
 
-    def transition(self, flow: Op, svme: bool, guest_mode: bool) -> None:
-        """A change of (svme, guest_mode) made by one flow (spec §6 "transition")."""
+    def transition(self, flow: str, svme: bool, guest_mode: bool) -> None:
+        """A change of (svme, guest_mode) made by one flow (spec §6 "transition"): ``flow`` is
+        ``"efer"``, ``"vmrun"``, ``"vmexit"``, ``"forced_leave"`` or ``"set_nested_state"``."""
         if (svme, guest_mode) == (self.svme, self.guest_mode):
             return  # a record that leaves both unchanged makes no transition
         self.svme, self.guest_mode = svme, guest_mode
@@ -400,11 +573,16 @@ class _Kvm(_Vcpu):
     def step(self, op: int, pmc: int, cpl: int, flag: int, key: int, value: int) -> None:
         """Apply one (valid) record (spec §6 "Other moments" and "Counting in the KVM model")."""
         if op == Op.WRMSR_EVTSEL:
-            # Drop the reserved bits; act only on a change: store, recompute emul_ok at once,
-            # make the PMC pending. Either way the WRMSR then retires (after the handler).
+            # Drop the reserved bits; act only on a change: store; program eventsel_hw at once
+            # with EN as written, before any mode or filter check (amd_pmu_set_msr, spec §10
+            # change 5); recompute emul_ok at once; make the PMC pending, so that the next
+            # VM-entry corrects EN. Either way the WRMSR then retires (after the handler).
             selector = value & ~self.reserved
             if selector != self.eventsel[pmc]:
                 self.eventsel[pmc] = selector
+                self.eventsel_hw[pmc] = _programmed_value(
+                    selector, bool(selector & EN), self.hg_honored
+                )
                 self.emul_ok[pmc] = self.emul_ok_now(pmc)
                 self.pending.add(pmc)
             self.retire()
@@ -419,24 +597,31 @@ class _Kvm(_Vcpu):
         elif op == Op.WRMSR_EFER:
             # The WRMSR retires after the handler, so it sees the new state only if the efer
             # flow re-evaluated synchronously.
-            self.transition(Op.WRMSR_EFER, bool(flag), self.guest_mode)
+            self.transition("efer", bool(flag), self.guest_mode)
             self.retire()
         elif op == Op.VMRUN:
-            # vmrun_order: retired before entering guest mode (pre-2026) or after (the fix);
-            # either way with whatever emul_ok holds at that moment.
+            # vmrun_order: retired at CPL 0 before entering guest mode (pre-2026), or after the
+            # entry and the vmrun flow at L2's CPL, the record's cpl (the fix: KVM is on vmcb02
+            # by then, spec §10 change 1); either way with whatever emul_ok holds then.
             if self.policy.vmrun_order == "before_entry":
-                self.retire()
-            self.transition(Op.VMRUN, self.svme, True)
+                self.retire(cpl=0)
+            self.transition("vmrun", self.svme, True)
             if self.policy.vmrun_order == "after_entry":
-                self.retire()
+                self.retire(cpl=cpl)
         elif op == Op.VMRUN_FAIL:
             self.retire()  # retired in host mode with the current emul_ok; nothing changes
         elif op == Op.VMEXIT:
-            self.transition(Op.VMEXIT, self.svme, False)
+            self.transition("vmexit", self.svme, False)
         elif op == Op.FORCED_LEAVE:
-            self.transition(Op.FORCED_LEAVE, self.svme, False)  # no-op in host mode
+            self.transition("forced_leave", self.svme, False)  # no-op in host mode
         elif op == Op.SET_NESTED_STATE:
-            self.transition(Op.SET_NESTED_STATE, self.svme, bool(flag))
+            # Entering guest mode goes through the same preparation as VMRUN (the
+            # set_nested_state flow); leaving goes through svm_leave_nested (the forced_leave
+            # flow), spec §4 and §10 change 2. To the mode in force: no transition.
+            if flag:
+                self.transition("set_nested_state", self.svme, True)
+            else:
+                self.transition("forced_leave", self.svme, False)
         elif op == Op.SET_FILTER:
             self.set_filter(flag, key)
             self.pending.update(range(self.n_pmcs))  # semantics: all PMCs, even if unchanged
@@ -452,7 +637,8 @@ class _Kvm(_Vcpu):
             self.reset()
 
     def programmed(self, i: int) -> int:
-        """The value KVM has programmed for PMC i (possibly stale)."""
+        """The value KVM has programmed for PMC i (possibly stale, or EN as written since a
+        selector write)."""
         return self.eventsel_hw[i]
 
 
@@ -461,17 +647,16 @@ class _Kvm(_Vcpu):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_n_pmcs(n_pmcs: Any) -> int:
-    try:
-        n = operator.index(n_pmcs)
-    except TypeError:
-        raise ValueError(f"n_pmcs must be an integer in 1..{MAX_PMCS}, got {n_pmcs!r}") from None
+def _check_n_pmcs(n_pmcs: object) -> int:
+    if not isinstance(n_pmcs, SupportsIndex):
+        raise ValueError(f"n_pmcs must be an integer in 1..{MAX_PMCS}, got {n_pmcs!r}")
+    n = operator.index(n_pmcs)
     if not 1 <= n <= MAX_PMCS:
         raise ValueError(f"n_pmcs must be in 1..{MAX_PMCS}, got {n}")
     return n
 
 
-def _as_trace(trace: Any) -> Trace:
+def _as_trace(trace: object) -> Trace:
     if isinstance(trace, Trace):
         return trace
     if isinstance(trace, Mapping):
@@ -505,8 +690,9 @@ def _record_error(
         return f"{op.name} in guest mode"
     if op == Op.VMEXIT and not guest_mode:
         return "VMEXIT in host mode"
-    if op == Op.VMRUN and not svme:
-        return "VMRUN with svme = 0"
+    if op in (Op.VMRUN, Op.VMRUN_FAIL) and not svme:
+        # the CPU raises #UD: nothing retires (spec §4; VMRUN_FAIL since §10 change 3)
+        return f"{op.name} with svme = 0"
     if op == Op.SET_NESTED_STATE and flag == 1 and not svme:
         return "SET_NESTED_STATE entering guest mode with svme = 0"
     return None
@@ -556,11 +742,15 @@ def _u64(values: list[int]) -> np.ndarray:
 
 
 def _replay(
-    trace: Trace, policy: Policy, n_pmcs: int, timeline: bool, snapshots: bool
+    trace: Trace,
+    policy: _KvmKnobs | _ReferenceKnobs,
+    n_pmcs: int,
+    timeline: bool,
+    snapshots: bool,
 ) -> tuple[Result, list[tuple[int, ...]]]:
     """Run a validated trace; optionally keep (counters, overflows, pmis) after each record."""
-    machine: _Vcpu
-    if policy.model == "arch":
+    machine: _Reference | _Kvm
+    if isinstance(policy, _ReferenceKnobs):
         machine = _Reference(policy, n_pmcs)
     else:
         machine = _Kvm(policy, n_pmcs)
@@ -601,7 +791,7 @@ def simulate(
     and ``pmis`` per PMC, the ``reads`` in order, and with ``timeline=True`` the per-record
     ``hw_enabled`` bitmask, ``svme`` and ``guest_mode`` after each record.
     """
-    resolved = resolve_policy(policy)
+    resolved = _resolve(policy)
     n = _check_n_pmcs(n_pmcs)
     checked = _as_trace(trace)
     _validate(checked, n)
@@ -620,8 +810,8 @@ def compare(
     they do not diverge); ``differing_pmcs`` are the PMCs whose final counter, overflows or
     PMIs differ, ``differing_reads`` the positions in ``reads`` whose values differ.
     """
-    resolved = resolve_policy(policy)
-    resolved_reference = resolve_policy(reference)
+    resolved = _resolve(policy)
+    resolved_reference = _resolve(reference)
     n = _check_n_pmcs(n_pmcs)
     checked = _as_trace(trace)
     _validate(checked, n)

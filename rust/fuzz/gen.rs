@@ -56,6 +56,9 @@ pub struct Mix {
     pub reserved_junk: u32,
     /// Per mille of EMULATE and RUN records at CPL 0 (the rest at CPL 3).
     pub kernel: u32,
+    /// Per mille of VMRUN records into an L2 that resumes at CPL 3 (the rest at CPL 0, where
+    /// a nested hypervisor's VMRUN mostly lands).
+    pub vmrun_user: u32,
     /// Per mille of EMULATE records that are branches.
     pub branch: u32,
     /// Per mille of WRMSR_CTR records that write a value within 2^12 of the wrap.
@@ -98,6 +101,7 @@ impl Default for Mix {
             zero_selector: 30,
             reserved_junk: 50,
             kernel: 300,
+            vmrun_user: 200,
             branch: 200,
             ctr_near_wrap: 300,
             run_huge: 10,
@@ -144,13 +148,14 @@ impl Mix {
     }
 
     /// The per-mille fields by name, in a fixed order (for the Python glue).
-    pub fn permille_fields(&self) -> [(&'static str, u32); 9] {
+    pub fn permille_fields(&self) -> [(&'static str, u32); 10] {
         [
             ("enable", self.enable),
             ("interrupt", self.interrupt),
             ("zero_selector", self.zero_selector),
             ("reserved_junk", self.reserved_junk),
             ("kernel", self.kernel),
+            ("vmrun_user", self.vmrun_user),
             ("branch", self.branch),
             ("ctr_near_wrap", self.ctr_near_wrap),
             ("run_huge", self.run_huge),
@@ -158,13 +163,14 @@ impl Mix {
         ]
     }
 
-    pub fn permille_fields_mut(&mut self) -> [(&'static str, &mut u32); 9] {
+    pub fn permille_fields_mut(&mut self) -> [(&'static str, &mut u32); 10] {
         [
             ("enable", &mut self.enable),
             ("interrupt", &mut self.interrupt),
             ("zero_selector", &mut self.zero_selector),
             ("reserved_junk", &mut self.reserved_junk),
             ("kernel", &mut self.kernel),
+            ("vmrun_user", &mut self.vmrun_user),
             ("branch", &mut self.branch),
             ("ctr_near_wrap", &mut self.ctr_near_wrap),
             ("run_huge", &mut self.run_huge),
@@ -337,6 +343,11 @@ fn push_record(
     // a: the op, PMC, CPL, branch flag, the RUN event, the EFER and nested-state flags.
     let pmc = (((a >> 36) & 0xFFFF) * n_pmcs as u64) >> 16;
     let cpl = if chance(a >> 26, mix.kernel) { 0 } else { 3 };
+    let vmrun_cpl = if chance(d >> 40, mix.vmrun_user) {
+        3
+    } else {
+        0
+    };
     let branch = chance(a >> 16, mix.branch) as u64;
     let event = EVENTS[t.event[((a >> 8) & 255) as usize] as usize] as u64;
     let svme_bit = (a >> 7) & 1;
@@ -373,7 +384,7 @@ fn push_record(
     let r = Record {
         op: o,
         pmc: (pmc & when(o, USES_PMC)) as u8,
-        cpl: (cpl & when(o, USES_CPL)) as u8,
+        cpl: ((cpl & when(o, USES_CPL) & !is(o, op::VMRUN)) | (vmrun_cpl & is(o, op::VMRUN))) as u8,
         flag: ((svme_bit & is(o, op::WRMSR_EFER))
             | (nested_bit & is(o, op::SET_NESTED_STATE))
             | (action & is(o, op::SET_FILTER))

@@ -47,8 +47,8 @@ impl Arch {
         self.retire_in(self.pmu.svme, self.pmu.guest, cpl, branch)
     }
 
-    /// Apply a state change and retire the instruction that made it, after the change
-    /// (`after`) or before it.
+    /// Apply a state change and retire the instruction that made it at CPL 0, after the
+    /// change (`after`) or before it.
     #[inline(always)]
     fn retire_around(&mut self, after: bool, change: impl FnOnce(&mut Pmu)) -> u8 {
         if after {
@@ -103,10 +103,18 @@ impl Arch {
         self.retire_around(self.p.efer_retire_new, |pmu| pmu.svme = svme)
     }
 
-    /// VMRUN, attributed to the guest or the host (`vmrun_retire`).
+    /// VMRUN, attributed to the guest at the CPL L2 resumes at, or to the host at CPL 0
+    /// (`vmrun_retire`).
     #[inline(always)]
-    fn vmrun(&mut self) -> u8 {
-        self.retire_around(self.p.vmrun_retire_guest, |pmu| pmu.guest = true)
+    fn vmrun(&mut self, cpl: u8) -> u8 {
+        if self.p.vmrun_retire_guest {
+            self.pmu.guest = true;
+            self.retire(cpl, false)
+        } else {
+            let m = self.retire(0, false);
+            self.pmu.guest = true;
+            m
+        }
     }
 
     /// A failed VMRUN: attributed to the host, or the guest (`failed_vmrun_retire`).
@@ -130,10 +138,10 @@ impl Arch {
         0
     }
 
-    /// RESET: back to the reset state.
+    /// RESET: back to the reset state, but for the filter, which is the VM's.
     #[inline(always)]
     fn reset(&mut self) -> u8 {
-        *self = Arch::new(self.p, self.n_pmcs);
+        self.pmu = self.pmu.reset();
         0
     }
 }
@@ -149,7 +157,7 @@ impl Model for Arch {
             op::WRMSR_CTR => self.write_ctr(r.pmc, r.value),
             op::WRMSR_GLOBAL_CTRL => self.write_global_ctrl(r.value),
             op::WRMSR_EFER => self.write_efer(r.flag != 0),
-            op::VMRUN => self.vmrun(),
+            op::VMRUN => self.vmrun(r.cpl),
             op::VMRUN_FAIL => self.vmrun_fail(),
             op::VMEXIT | op::FORCED_LEAVE => self.set_guest_mode(false),
             op::SET_NESTED_STATE => self.set_guest_mode(r.flag != 0),

@@ -24,10 +24,6 @@ pub struct Kvm {
     pub(crate) emul_ok: u8,
     /// PMCs awaiting re-evaluation at the next VM-entry (KVM_REQ_PMU).
     pub(crate) pending: u8,
-    /// PMCs whose `eventsel` changed since their last re-evaluation; `hw_base` holds the
-    /// selector value `eventsel_hw` was last computed from.
-    pub(crate) stale: u8,
-    pub(crate) hw_base: [u64; LANES],
     /// Per flow, the (sync, deferred) masks its timing knob selects: all PMCs or none.
     flows: [(u8, u8); 5],
     /// 0xFF when `emul_ok` ignores the mode (`emul_mode_aware = false`), else 0.
@@ -68,8 +64,6 @@ impl Kvm {
             hw_en: 0,
             emul_ok: 0,
             pending: 0,
-            stale: 0,
-            hw_base: [0; LANES],
             emul_any_mode: if p.emul_mode_aware { 0 } else { 0xFF },
             flows: [
                 p.efer,
@@ -99,7 +93,6 @@ impl Kvm {
         self.hw_en = (self.hw_en & !set) | (set & en & cim & f);
         let mode = cim | self.emul_any_mode;
         self.emul_ok = (self.emul_ok & !set) | (set & en & mode);
-        self.stale &= !set;
     }
 
     /// A VM-entry: every pending PMC is re-evaluated, with the filter.
@@ -146,23 +139,19 @@ impl Kvm {
         m
     }
 
-    /// WRMSR to a selector (`amd_pmu_set_msr`): on a change, the new value is stored, the
-    /// emulation bitmap recomputed at once and the PMC marked pending; then the WRMSR retires.
+    /// WRMSR to a selector (`amd_pmu_set_msr`): on a change, the new value is stored,
+    /// `eventsel_hw` is set from it at once with EN as written (before any mode or filter
+    /// check), the emulation bitmap is recomputed at once, and the PMC is marked pending, so
+    /// that the next VM-entry clears EN where it must not count; then the WRMSR retires.
     #[inline(always)]
     fn write_eventsel(&mut self, pmc: u8, value: u64) -> u8 {
         let i = pmc as usize & (LANES - 1);
         let v = value & !self.reserved;
-        let old = self.pmu.eventsel[i];
         // KVM acts only on a change; written without branches (a same-value write then
         // recomputes what it already holds).
-        let b = (1u8 << i) & ((v != old) as u8).wrapping_neg();
-        // While PMC i is not stale its programmed base equals `old`, so saving it is right
-        // whether or not the value changes.
-        if self.stale & (1 << i) == 0 {
-            self.hw_base[i] = old;
-        }
-        self.stale |= b;
+        let b = (1u8 << i) & ((v != self.pmu.eventsel[i]) as u8).wrapping_neg();
         self.pmu.set_eventsel(i, v);
+        self.hw_en = (self.hw_en & !b) | (b & self.pmu.en);
         let mode = self.counts_in_mode() | self.emul_any_mode;
         self.emul_ok = (self.emul_ok & !b) | (b & self.pmu.en & mode);
         self.pending |= b;
@@ -193,12 +182,13 @@ impl Kvm {
         self.retire(0, false)
     }
 
-    /// VMRUN: retired before or after entering guest mode, as `vmrun_order` says.
+    /// VMRUN: retired at CPL 0 before entering guest mode, or after it at the CPL L2 resumes
+    /// at (`cpl`: KVM has switched to vmcb02 by then), as `vmrun_order` says.
     #[inline(always)]
-    fn vmrun(&mut self) -> u8 {
+    fn vmrun(&mut self, cpl: u8) -> u8 {
         if self.p.vmrun_after_entry {
             self.set_guest_mode(true, Flow::Vmrun);
-            self.retire(0, false)
+            self.retire(cpl, false)
         } else {
             let m = self.retire(0, false);
             self.set_guest_mode(true, Flow::Vmrun);
@@ -221,10 +211,12 @@ impl Kvm {
         0
     }
 
-    /// RESET: back to the reset state.
+    /// RESET: back to the reset state, but for the filter, which is the VM's.
     #[inline(always)]
     fn reset(&mut self) -> u8 {
+        let pmu = self.pmu.reset();
         *self = Kvm::new(self.p, self.n_pmcs);
+        self.pmu = pmu;
         0
     }
 }
@@ -240,7 +232,7 @@ impl Model for Kvm {
             op::WRMSR_CTR => self.write_ctr(r.pmc, r.value),
             op::WRMSR_GLOBAL_CTRL => self.write_global_ctrl(r.value),
             op::WRMSR_EFER => self.write_efer(r.flag != 0),
-            op::VMRUN => self.vmrun(),
+            op::VMRUN => self.vmrun(r.cpl),
             op::VMRUN_FAIL => self.retire(0, false),
             op::VMEXIT => self.leave(Flow::Vmexit),
             op::FORCED_LEAVE => self.leave(Flow::ForcedLeave),
@@ -266,13 +258,8 @@ impl Model for Kvm {
     fn eventsel_hw(&self) -> [u64; MAX_PMCS] {
         let mut out = [0; MAX_PMCS];
         for (i, o) in out.iter_mut().enumerate().take(self.n_pmcs) {
-            let b = 1u8 << i;
-            let base = if self.stale & b != 0 {
-                self.hw_base[i]
-            } else {
-                self.pmu.eventsel[i]
-            };
-            *o = Pmu::programmed(base, self.hw_en & b != 0, self.p.hg_honored);
+            let en = self.hw_en & (1 << i) != 0;
+            *o = Pmu::programmed(self.pmu.eventsel[i], en, self.p.hg_honored);
         }
         out
     }
@@ -286,10 +273,17 @@ impl Kvm {
         0
     }
 
-    /// SET_NESTED_STATE: userspace enters or leaves guest mode.
+    /// SET_NESTED_STATE: userspace enters guest mode through the VMRUN preparation (the
+    /// `set_nested_state` flow), or leaves it through svm_leave_nested (the `forced_leave`
+    /// flow).
     #[inline(always)]
     fn set_nested_state(&mut self, guest: bool) -> u8 {
-        self.set_guest_mode(guest, Flow::SetNestedState);
+        let flow = if guest {
+            Flow::SetNestedState
+        } else {
+            Flow::ForcedLeave
+        };
+        self.set_guest_mode(guest, flow);
         0
     }
 }

@@ -211,7 +211,7 @@ impl KvmPolicy {
         vmrun: Timing::Sync,
         vmexit: Timing::Sync,
         forced_leave: Timing::Deferred,
-        set_nested_state: Timing::Deferred,
+        set_nested_state: Timing::Sync,
         vmrun_after_entry: true,
     };
     /// What v1 to v4 share: H/G ignored with SVME = 0, `emul_ok` not mode-aware, VMRUN
@@ -236,6 +236,13 @@ const fn kvm(p: KvmPolicy) -> Knobs {
 /// default: the `final` preset's, and the reference's of section 5.
 pub const PRESETS: [(&str, Knobs); 7] = [
     ("final", kvm(KvmPolicy::FINAL)),
+    (
+        "hybrid",
+        kvm(KvmPolicy {
+            svme0_ignore: true,
+            ..KvmPolicy::FINAL
+        }),
+    ),
     (
         "v4",
         kvm(KvmPolicy {
@@ -263,13 +270,6 @@ pub const PRESETS: [(&str, Knobs); 7] = [
             forced_leave: Timing::None,
             set_nested_state: Timing::None,
             ..KvmPolicy::PATCHES
-        }),
-    ),
-    (
-        "hybrid",
-        kvm(KvmPolicy {
-            svme0_ignore: true,
-            ..KvmPolicy::FINAL
         }),
     ),
     (

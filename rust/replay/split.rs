@@ -1,13 +1,14 @@
 //! One long trace on several threads.
 //!
 //! Replaying records in random order is bound by one mispredicted jump on the op of most
-//! records (README, "Performance"), which no change to a single loop removes; a second core
+//! records (docs/performance.md), which no change to a single loop removes; a second core
 //! does. The trace is cut into chunks, one per thread, and each chunk is replayed at once,
 //! although only the first knows the state its records meet. The others guess it, and the
 //! guess is checked before anything of it is used:
 //!
 //! 1. **Join point.** A scan of chunk k's ops finds its join point `J`: just after the chunk's
-//!    first RESET (from there the state is the reset state, whatever came before), or else just
+//!    first RESET (from there the state is the reset state under the filter in force, which
+//!    RESET keeps and the last SET_FILTER before it set, whatever else came before), or else just
 //!    after the record by which every PMC's counter has been written (from there the counters no
 //!    longer depend on their values at the chunk's start), or else the chunk's end.
 //! 2. **Guess.** The chunk's thread replays from a little before the chunk (a warm-up from the
@@ -23,8 +24,7 @@
 //! So the results are those of one thread, for any number of chunks.
 
 use crate::error::CoreError;
-use crate::model::{op, Policy, MAX_PMCS};
-use crate::model::{with_model, Arch, Kvm, Model, Pmu};
+use crate::model::{filter, op, with_model, Arch, Kvm, Model, Pmu, Policy, MAX_PMCS};
 use crate::replay::checked::replay_checked;
 use crate::replay::pool::cores;
 use crate::replay::stretch::Stretch;
@@ -118,7 +118,7 @@ fn join_point(t: &TraceRef<'_>, start: usize, end: usize, all: u8) -> (usize, bo
 }
 
 /// Replay a chunk from a guessed state (steps 1 and 2 of the module docs).
-fn guess_chunk<M: Model + Stretch + Clone>(
+fn guess_chunk<M: Model + Stretch + Join + Clone>(
     fresh: &M,
     t: &TraceRef<'_>,
     cut: Cut,
@@ -136,9 +136,14 @@ fn guess_chunk<M: Model + Stretch + Clone>(
     let mut reads = Vec::new();
     let mut ok = true;
     if join < end {
-        // From the reset state there is nothing to warm up. (The warm-up's verdict on its
-        // records is not this chunk's: they are checked where they belong.)
-        if !fresh_at_join {
+        // After a RESET there is nothing to warm up but the filter, which the RESET kept: the
+        // last SET_FILTER before it set it. (The warm-up's verdict on its records is not this
+        // chunk's: they are checked where they belong.)
+        if fresh_at_join {
+            if let Some(f) = t.op[..join].iter().rposition(|&o| o == op::SET_FILTER) {
+                m.reset_under_filter(t.flag[f], t.key[f]);
+            }
+        } else {
             let mut scratch = Vec::new();
             let from = start.saturating_sub(warmup);
             replay_checked(&mut m, &t.slice(from..join), n_pmcs, &mut scratch);
@@ -340,6 +345,9 @@ pub trait Join {
     fn same_state(&self, other: &Self) -> bool;
     /// Add `overflows` and `pmis` (modulo 2^64) to the overflow and PMI counts.
     fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]);
+    /// From the reset state, the state after a RESET under filter (`action`, `key`): the
+    /// filter is the VM's, and RESET keeps it (model.md section 3).
+    fn reset_under_filter(&mut self, action: u8, key: u32);
 }
 
 impl Pmu {
@@ -348,8 +356,7 @@ impl Pmu {
     /// the filter are compared too, though they follow from them. The filter's key matters
     /// only while a filter is installed.
     fn same_state(&self, o: &Pmu) -> bool {
-        let filter_key =
-            self.filter_action == crate::model::filter::NONE || self.filter_key == o.filter_key;
+        let filter_key = self.filter_action == filter::NONE || self.filter_key == o.filter_key;
         self.all == o.all
             && self.svme == o.svme
             && self.guest == o.guest
@@ -368,16 +375,14 @@ impl Pmu {
 
 impl Join for Kvm {
     fn same_state(&self, o: &Self) -> bool {
-        // A programmed base is read only while its PMC is stale.
-        let bases = (0..crate::replay::counters::LANES)
-            .all(|i| self.stale & (1 << i) == 0 || self.hw_base[i] == o.hw_base[i]);
         self.pmu.same_state(&o.pmu)
-            && [self.hw_en, self.emul_ok, self.pending, self.stale]
-                == [o.hw_en, o.emul_ok, o.pending, o.stale]
-            && bases
+            && [self.hw_en, self.emul_ok, self.pending] == [o.hw_en, o.emul_ok, o.pending]
     }
     fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]) {
         self.pmu.ctr.shift_wraps(overflows, pmis)
+    }
+    fn reset_under_filter(&mut self, action: u8, key: u32) {
+        self.pmu.set_filter(action, key)
     }
 }
 
@@ -387,6 +392,9 @@ impl Join for Arch {
     }
     fn shift_wraps(&mut self, overflows: [u64; MAX_PMCS], pmis: [u64; MAX_PMCS]) {
         self.pmu.ctr.shift_wraps(overflows, pmis)
+    }
+    fn reset_under_filter(&mut self, action: u8, key: u32) {
+        self.pmu.set_filter(action, key)
     }
 }
 
