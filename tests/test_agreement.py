@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import svmpmu
+from agreement_helpers import assert_same_comparison
 from svmpmu import KNOB_VALUES, PRESETS, Policy, Trace, TraceError, oracle
 
 
@@ -64,14 +65,7 @@ def test_comparisons_agree(policy):
     for trace in svmpmu.generate(400, 48, seed=5):
         a = svmpmu.compare(trace, policy, "arch")
         b = oracle.compare(trace, policy, "arch")
-        assert (a.diverges, a.first_divergence, a.differing_pmcs, a.differing_reads) == (
-            b.diverges,
-            b.first_divergence,
-            b.differing_pmcs,
-            b.differing_reads,
-        )
-        assert a.policy == b.policy
-        assert a.reference == b.reference
+        assert_same_comparison(a, b)
         diverging += a.diverges
     # These policies are known to differ from the reference somewhere in 400 random traces.
     assert diverging > 0

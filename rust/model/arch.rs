@@ -65,14 +65,8 @@ impl Arch {
     /// key and the CPL allow.
     #[inline(always)]
     fn run(&mut self, r: Record) -> u8 {
-        let m = self.allowed(self.pmu.svme, self.pmu.guest)
-            & self.pmu.global_ctrl
-            & self.pmu.filter_ok
-            & self.pmu.key_match(r.key)
-            & self.pmu.cpl_match(r.cpl)
-            & ((r.value != 0) as u8).wrapping_neg();
-        self.pmu.add(m, r.value);
-        m
+        let allowed = self.allowed(self.pmu.svme, self.pmu.guest) & self.pmu.filter_ok;
+        self.pmu.count_events(allowed, r.key, r.cpl, r.value)
     }
 
     /// WRMSR to a selector, attributed to the old selector or the new one (`enabling_wrmsr`).
@@ -141,7 +135,9 @@ impl Arch {
     /// RESET: back to the reset state, but for the filter, which is the VM's.
     #[inline(always)]
     fn reset(&mut self) -> u8 {
-        self.pmu = self.pmu.reset();
+        let (action, key) = self.pmu.filter();
+        *self = Arch::new(self.p, self.n_pmcs);
+        self.pmu.set_filter(action, key);
         0
     }
 }

@@ -126,17 +126,12 @@ impl Kvm {
         self.transition(flow, changed);
     }
 
-    /// RUN: a VM-entry, then hardware counts `n` events under `eventsel_hw`.
+    /// RUN: a VM-entry, then hardware counts `n` events under `eventsel_hw` (the filter is
+    /// folded into its EN).
     #[inline(always)]
     fn run(&mut self, r: Record) -> u8 {
         self.vm_entry();
-        let m = self.hw_en
-            & self.pmu.global_ctrl
-            & self.pmu.key_match(r.key)
-            & self.pmu.cpl_match(r.cpl)
-            & ((r.value != 0) as u8).wrapping_neg();
-        self.pmu.add(m, r.value);
-        m
+        self.pmu.count_events(self.hw_en, r.key, r.cpl, r.value)
     }
 
     /// WRMSR to a selector (`amd_pmu_set_msr`): on a change, the new value is stored,
@@ -214,9 +209,9 @@ impl Kvm {
     /// RESET: back to the reset state, but for the filter, which is the VM's.
     #[inline(always)]
     fn reset(&mut self) -> u8 {
-        let pmu = self.pmu.reset();
+        let (action, key) = self.pmu.filter();
         *self = Kvm::new(self.p, self.n_pmcs);
-        self.pmu = pmu;
+        self.pmu.set_filter(action, key);
         0
     }
 }

@@ -73,11 +73,10 @@ impl Pmu {
         }
     }
 
-    /// The reset state, but for the filter, which is the VM's (model.md section 3).
-    pub fn reset(&self) -> Self {
-        let mut p = Pmu::new(self.all.count_ones() as usize);
-        p.set_filter(self.filter_action, self.filter_key);
-        p
+    /// The filter in force, as SET_FILTER's (action, key): the VM's, which RESET keeps
+    /// (model.md section 3).
+    pub fn filter(&self) -> (u8, u32) {
+        (self.filter_action, self.filter_key)
     }
 
     /// PMCs whose selector key is `k` (model.md section 2, event key).
@@ -195,6 +194,20 @@ impl Pmu {
         let branch_mask = self.branch & (branch as u8).wrapping_neg();
         let m = base & (self.instr | branch_mask);
         self.add(m, 1);
+        m
+    }
+
+    /// `n` events of `key` at `cpl` count on the `allowed` PMCs that are globally enabled and
+    /// count that event at that CPL (a RUN, model.md sections 5 and 6). Returns the PMCs it
+    /// counted on (none for `n = 0`).
+    #[inline(always)]
+    pub fn count_events(&mut self, allowed: u8, key: u32, cpl: u8, n: u64) -> u8 {
+        let m = allowed
+            & self.global_ctrl
+            & self.key_match(key)
+            & self.cpl_match(cpl)
+            & ((n != 0) as u8).wrapping_neg();
+        self.add(m, n);
         m
     }
 
