@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod model;
 pub mod replay;
 pub mod trace;
+pub mod verify;
 
 #[cfg(feature = "python")]
 mod python {

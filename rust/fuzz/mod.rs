@@ -41,13 +41,31 @@ impl Signature {
     }
 }
 
-fn mode_state(m: &impl Model) -> u8 {
-    let (svme, guest) = m.mode();
-    svme as u8 | (guest as u8) << 1
+/// The H/G bits of a selector as a signature holds them: bit 0 G, bit 1 H.
+pub(crate) fn hg_bits(sel: u64) -> u8 {
+    ((sel & GUEST_ONLY != 0) as u8) | ((sel & HOST_ONLY != 0) as u8) << 1
 }
 
-fn hg_bits(sel: u64) -> u8 {
-    ((sel & GUEST_ONLY != 0) as u8) | ((sel & HOST_ONLY != 0) as u8) << 1
+impl Signature {
+    /// The signature of a PMC at a record of op `op` at which exactly one model counted on it:
+    /// `hg` holds the H/G bits ([`hg_bits`]) of the reference's selector after the record,
+    /// the modes are those before and after it. The one definition `fuzz` and
+    /// `crate::verify` share.
+    pub(crate) fn of_parting(
+        op: u8,
+        hg: u8,
+        before: u8,
+        after: u8,
+        policy_counts: bool,
+    ) -> Signature {
+        Signature {
+            op,
+            hg,
+            before,
+            after,
+            policy_counts,
+        }
+    }
 }
 
 /// Reusable buffers for one worker.
@@ -96,22 +114,23 @@ impl<'s, A: Model, B: Model> Lockstep<'s, A, B> {
 impl<A: Model, B: Model> RecordSink for Lockstep<'_, A, B> {
     #[inline(always)]
     fn push(&mut self, r: Record) {
-        let before = mode_state(&self.b);
+        let before = self.b.mode_state();
         let ma = self.a.step(r, &mut self.s.reads_a);
         let mb = self.b.step(r, &mut self.s.reads_b);
         if ma != mb {
-            let after = mode_state(&self.b);
+            let after = self.b.mode_state();
             let mut d = ma ^ mb;
             while d != 0 {
                 let p = d.trailing_zeros() as usize;
                 d &= d - 1;
-                self.s.sigs.push(Signature {
-                    op: r.op,
-                    hg: hg_bits(self.b.eventsel()[p]),
+                let sig = Signature::of_parting(
+                    r.op,
+                    hg_bits(self.b.eventsel()[p]),
                     before,
                     after,
-                    policy_counts: ma & (1 << p) != 0,
-                });
+                    ma & (1 << p) != 0,
+                );
+                self.s.sigs.push(sig);
             }
         }
     }
