@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +51,20 @@ def best_seconds(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
+def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 0) -> float:
+    """The median wall time of ``runs`` calls, after ``warmup`` untimed ones. Unlike the best
+    time, which a short call can take from the quiet moments of a busy machine, the median is
+    what the machine gives most of the time: the gate's samples of its load (gate.py)."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def stream(trace: Trace) -> list:
     """Read every column of ``trace`` once: the memory-bandwidth limit of a replay."""
     return [column.max() for column in trace.columns().values()]
@@ -79,16 +94,16 @@ def cases(scale: float = 1.0) -> list[Case]:
     out = []
     for kind, make in (("random", random_trace), ("workload", workload_trace)):
         t = make(n)
-        for preset in PRESETS:
-            out.append(
-                Case(
-                    f"replay/{kind}/{preset}",
-                    n,
-                    functools.partial(svmpmu.simulate, t, preset),
-                    functools.partial(stream, t),
-                    kind,
-                )
+        out.extend(
+            Case(
+                f"replay/{kind}/{preset}",
+                n,
+                functools.partial(svmpmu.simulate, t, preset),
+                functools.partial(stream, t),
+                kind,
             )
+            for preset in PRESETS
+        )
         # The same trace on one thread: what a single replay loop does (simulate() uses
         # every core for a long trace).
         out.append(
@@ -164,7 +179,9 @@ except (OSError, IndexError):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({{"peak_bytes": peak, "trace_bytes": trace.nbytes}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    out = subprocess.run(  # noqa: S603 (this interpreter, on code written just above)
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
     data = json.loads(out.stdout)
     data["ratio"] = data["peak_bytes"] / data["trace_bytes"]
     return data
