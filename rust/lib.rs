@@ -24,6 +24,7 @@ mod python {
     use crate::model::{Policy, KNOBS, PRESETS};
     use crate::replay::{self, batch, pool, split, SimResult};
     use crate::trace::{self, TraceBuf, TraceRef};
+    use crate::verify::VerifySpec;
 
     /// One place where core errors become Python exceptions.
     fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
@@ -435,6 +436,68 @@ mod python {
         (tally.traces, tally.records, tally.diverging, classes).into_pyobject(py)
     }
 
+    /// verify(policy, reference, n_pmcs, ignore, max_states, progress, threads) ->
+    /// (equivalent, bounded, states, depth, transitions, [(signature, columns, transitions,
+    /// ignored)]); `progress(states, depth)` is called once a breadth-first layer.
+    #[pyfunction]
+    #[pyo3(signature = (policy, reference, n_pmcs, ignore, max_states=None, progress=None, threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn verify<'py>(
+        py: Python<'py>,
+        policy: &Bound<'py, PyAny>,
+        reference: &Bound<'py, PyAny>,
+        n_pmcs: usize,
+        ignore: Vec<(u8, u8, u8, u8, bool)>,
+        max_states: Option<usize>,
+        progress: Option<Py<PyAny>>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (policy, reference) = policy_pair(policy, reference)?;
+        trace::check_n_pmcs(n_pmcs).map_err(|e| to_py(py, e))?;
+        let spec = VerifySpec {
+            policy,
+            reference,
+            n_pmcs,
+            letters: crate::verify::alphabet::letters(n_pmcs),
+            ignore: ignore.into_iter().map(sig_from).collect(),
+            max_states,
+        };
+        // Progress calls back into Python; an exception there is kept and raised at the end
+        // (the exploration goes on: it is short).
+        let failed: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let report = |states: usize, depth: usize| {
+            if let Some(cb) = &progress {
+                Python::attach(|py| {
+                    if let Err(e) = cb.call1(py, (states, depth)) {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        };
+        let verdict = py
+            .detach(|| with_threads(threads, || crate::verify::verify(&spec, &report)))?
+            .map_err(|e| to_py(py, e))?;
+        if let Some(e) = failed.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        let classes = PyList::empty(py);
+        for c in verdict.classes {
+            let sig = sig_tuple(py, &c.signature)?;
+            classes.append((sig, columns_tuple(py, c.witness)?, c.transitions, c.ignored))?;
+        }
+        (
+            verdict.equivalent,
+            verdict.bounded,
+            verdict.states,
+            verdict.depth,
+            verdict.transitions,
+            classes,
+        )
+            .into_pyobject(py)
+    }
+
     /// signatures(columns, policy, reference, n_pmcs) -> [signature]
     #[pyfunction]
     fn signatures<'py>(
@@ -495,7 +558,7 @@ mod python {
         #[pymodule_export]
         use super::{
             compare, count_masks, default_mix, fuzz_range, generate, generate_one, shrink,
-            signatures, simulate, simulate_batch, validate,
+            signatures, simulate, simulate_batch, validate, verify,
         };
 
         #[pymodule_init]

@@ -38,6 +38,7 @@ from .model import (
 from .policy import KNOB_VALUES, PRESETS, Policy
 from .result import Comparison, Result
 from .trace import COLUMNS, Trace, TraceBuilder
+from .verify import Verdict, VerifiedClass, verify
 
 __all__ = [
     "BRANCHES_RETIRED",
@@ -66,6 +67,8 @@ __all__ = [
     "TraceBatch",
     "TraceBuilder",
     "TraceError",
+    "Verdict",
+    "VerifiedClass",
     "__version__",
     "compare",
     "event_key",
@@ -76,4 +79,5 @@ __all__ = [
     "simulate",
     "simulate_batch",
     "validate",
+    "verify",
 ]

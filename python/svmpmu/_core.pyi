@@ -4,6 +4,7 @@
 # as the tuple of its 15 knob values as strings, in the order of ``KNOBS``
 # (``svmpmu.Policy._core_knobs``); a mix as a ``svmpmu.Mix`` (None: the generator's own).
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "simulate",
     "simulate_batch",
     "validate",
+    "verify",
     "__version__",
 ]
 
@@ -93,6 +95,15 @@ def fuzz_range(
 def signatures(
     columns: _Columns, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> list[_Signature]: ...
+def verify(
+    policy: _Knobs,
+    reference: _Knobs,
+    n_pmcs: int,
+    ignore: list[_Signature],
+    max_states: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+) -> tuple[bool, bool, int, int, int, list[tuple[_Signature, _Columns, int, bool]]]: ...
 def shrink(
     columns: _Columns, signature: _Signature, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> _Columns: ...

@@ -1,4 +1,5 @@
-"""The ``svmpmu`` command line: ``svmpmu fuzz``, ``svmpmu replay``, ``svmpmu presets``."""
+"""The ``svmpmu`` command line: ``svmpmu fuzz``, ``svmpmu verify``, ``svmpmu replay``,
+``svmpmu presets``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .errors import PolicyError, TraceError
 from .fuzz import FuzzReport, fuzz
 from .policy import KNOB_VALUES, PRESETS, KnobValue, Policy, resolve_policy
 from .trace import Trace
+from .verify import Verdict, verify
 
 __all__ = ["main"]
 
@@ -116,6 +118,65 @@ def _parser() -> argparse.ArgumentParser:
         help="print only the table of classes, not each counterexample",
     )
 
+    v = sub.add_parser(
+        "verify",
+        help="explore every trace of a policy against a reference: a proof, or the shortest "
+        "counterexample of every class",
+        description="Compile POLICY and REFERENCE into one finite automaton over their decision "
+        "states (counter values left out) and explore it completely from reset: either no trace "
+        "diverges (but in the --ignore classes), or every reachable divergence class is printed "
+        "with its shortest witness. With --matrix, every preset against arch and against each "
+        "other. docs/verification.md argues why the exploration covers every trace.",
+    )
+    v.add_argument(
+        "--policy",
+        default="final",
+        help=f"preset of the policy under test ({', '.join(PRESETS)}; default final)",
+    )
+    v.add_argument("--reference", default="arch", help="preset of the reference (default arch)")
+    _knob_option(v, "--set", "policy_knobs", "policy", "forced_leave_timing=sync")
+    _knob_option(v, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+    v.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="set a class aside, by the name the report prints "
+        "(e.g. WRMSR_EVTSEL:none:svme0:svme0:policy; repeatable)",
+    )
+    v.add_argument(
+        "--n-pmcs", type=int, default=1, help="PMCs explored, 1..6 (default 1: covers any number)"
+    )
+    v.add_argument(
+        "--max-states",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N product states (the verdict is then bounded, never equivalent)",
+    )
+    v.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="worker threads (default: all cores, or RAYON_NUM_THREADS)",
+    )
+    v.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the verdict as JSON to FILE "
+        "('-' for standard output, instead of the text report)",
+    )
+    v.add_argument(
+        "--matrix",
+        action="store_true",
+        help="every preset against arch and against each other, as a table "
+        "(equivalent, or the number of classes)",
+    )
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v.add_argument(
+        "--summary", action="store_true", help="print only the table of classes, not each witness"
+    )
+
     r = sub.add_parser(
         "replay",
         help="replay a trace file (.npz) through a policy and compare with a reference",
@@ -203,6 +264,89 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
     return status
 
 
+def _verify(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu verify``."""
+    from tqdm import tqdm
+
+    if args.matrix:
+        return _matrix(args, out)
+    policy = _policy(args.policy, args.policy_knobs)
+    reference = _policy(args.reference, args.reference_knobs)
+    bar = tqdm(
+        unit=" states",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=args.no_progress or None,
+        dynamic_ncols=True,
+    )
+
+    def progress(states: int, depth: int) -> None:
+        bar.set_postfix(depth=depth)
+        bar.update(states - bar.n)
+
+    try:
+        verdict = verify(
+            policy,
+            reference,
+            n_pmcs=args.n_pmcs,
+            ignore=args.ignore,
+            max_states=args.max_states,
+            threads=args.threads,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    _write_verdict(verdict, args, out)
+    return 0
+
+
+def _write_verdict(verdict: Verdict, args: argparse.Namespace, out: TextIO) -> None:
+    """The verdict as text (or JSON with ``--json -``), and as JSON to ``--json FILE``."""
+    if args.json == "-":
+        print(verdict.to_json(indent=2), file=out)
+        return
+    print(verdict.format(witnesses=not args.summary), file=out)
+    if args.json:
+        with Path(args.json).open("w") as fh:
+            fh.write(verdict.to_json(indent=2))
+
+
+def _matrix(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu verify --matrix``: every preset against every preset."""
+    from tqdm import tqdm
+
+    names = list(PRESETS)
+    cells: dict[tuple[str, str], Verdict] = {}
+    pairs = [(p, q) for q in names for p in names]
+    for p, q in tqdm(pairs, unit=" pairs", file=sys.stderr, disable=args.no_progress or None):
+        cells[p, q] = verify(p, q, n_pmcs=args.n_pmcs, ignore=args.ignore, threads=args.threads)
+    width = max(len("equivalent"), *(len(n) for n in names))
+    print(
+        f"svmpmu verify --matrix: policy (row) against reference (column), "
+        f"{args.n_pmcs} PMC{'s' if args.n_pmcs > 1 else ''}; a cell is 'equivalent' or the "
+        "number of reachable divergence classes",
+        file=out,
+    )
+    print(" " * 8 + "  ".join(f"{q:>{width}}" for q in names), file=out)
+    for p in names:
+        row = []
+        for q in names:
+            v = cells[p, q]
+            row.append("equivalent" if v.equivalent else f"{len(v.diverging_classes)} classes")
+        print(f"{p:>8}" + "".join(f"  {c:>{width}}" for c in row), file=out)
+    if args.json:
+        data = {f"{p} vs {q}": v.to_dict() for (p, q), v in cells.items()}
+        import json
+
+        text = json.dumps(data, indent=2)
+        if args.json == "-":
+            print(text, file=out)
+        else:
+            with Path(args.json).open("w") as fh:
+                fh.write(text)
+    return 0
+
+
 def _replay(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu replay``."""
     trace = Trace.load(args.trace)
@@ -238,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "fuzz":
             return _fuzz(args, out)
+        if args.command == "verify":
+            return _verify(args, out)
         if args.command == "replay":
             return _replay(args, out)
         if args.command == "presets":

@@ -22,6 +22,8 @@ __all__ = ["DivergenceClass", "FuzzReport", "Signature", "fuzz"]
 
 _HG = ("no H/G", "G", "H", "HG")
 _STATE = {0: "svme=0", 1: "host (svme=1)", 3: "guest"}
+_HG_NAME = ("none", "G", "H", "HG")
+_MODE_NAME = {0: "svme0", 1: "host", 3: "guest"}
 
 
 @dataclass(frozen=True, order=True)
@@ -56,6 +58,51 @@ class Signature:
         """``(op, hg, before, after, policy_counts)``, as the core writes a signature."""
         return (self.op, self.hg, self.before, self.after, self.policy_counts)
 
+    @property
+    def name(self) -> str:
+        """A short name that :meth:`parse` reads back, e.g. ``VMRUN:G:host:guest:reference``
+        (op, the counter's H/G bits ``none``/``G``/``H``/``HG``, the modes before and after
+        ``svme0``/``host``/``guest``, and which model counts)."""
+        who = "policy" if self.policy_counts else "reference"
+        return ":".join(
+            (
+                Op(self.op).name,
+                _HG_NAME[self.hg],
+                _MODE_NAME[self.before],
+                _MODE_NAME[self.after],
+                who,
+            )
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Signature:
+        """A signature from its :attr:`name` (case-insensitive); ``ValueError`` names the part
+        that is wrong."""
+        parts = text.strip().split(":")
+        if len(parts) != 5:  # noqa: PLR2004 (the five parts of a name)
+            raise ValueError(
+                f"class {text!r}: expected OP:HG:BEFORE:AFTER:WHO, "
+                "e.g. VMRUN:G:host:guest:reference"
+            )
+        op, hg, before, after, who = (p.strip() for p in parts)
+
+        def pick(kind: str, value: str, names: dict[int, str]) -> int:
+            for number, name in names.items():
+                if name.lower() == value.lower():
+                    return number
+            raise ValueError(
+                f"class {text!r}: {kind} {value!r} is not one of " + ", ".join(names.values())
+            )
+
+        ops = {int(o): o.name for o in Op}
+        return cls(
+            pick("op", op, ops),
+            pick("H/G", hg, dict(enumerate(_HG_NAME))),
+            pick("mode", before, _MODE_NAME),
+            pick("mode", after, _MODE_NAME),
+            pick("who", who, {1: "policy", 0: "reference"}) == 1,
+        )
+
 
 @dataclass(frozen=True)
 class DivergenceClass:
@@ -76,7 +123,6 @@ class DivergenceClass:
     def format(self) -> str:
         """The counterexample: the records, and what the reference (expected) and the policy
         (observed) count on them."""
-        c = self.comparison
         lines = [
             f"{self.signature.describe()}",
             (
@@ -84,18 +130,8 @@ class DivergenceClass:
                 f"({self.original_length} records), shrunk to {len(self.reproducer)}:"
             ),
         ]
-        for k, line in enumerate(self.reproducer.format(None).splitlines()):
-            note = _who_counted(self.policy_counted[k], self.reference_counted[k])
-            lines.append(("  " + line).ljust(56) + note if note else "  " + line)
-        lines.append(f"  {'pmc':>5}  {'expected':>16}  {'observed':>16}")
-        for i in range(c.policy.n_pmcs):
-            exp, obs = int(c.reference.counters[i]), int(c.policy.counters[i])
-            mark = "  <--" if i in c.differing_pmcs else ""
-            if exp or obs:
-                lines.append(f"  {i:>5}  {exp:>16}  {obs:>16}{mark}")
-        lines.extend(
-            f"  read #{k}: expected {int(c.reference.reads[k])}, observed {int(c.policy.reads[k])}"
-            for k in c.differing_reads
+        lines += counterexample_lines(
+            self.reproducer, self.comparison, self.policy_counted, self.reference_counted
         )
         return "\n".join(lines)
 
@@ -127,6 +163,33 @@ class DivergenceClass:
             },
             "observed": {"counters": c.policy.counters.tolist(), "reads": c.policy.reads.tolist()},
         }
+
+
+def counterexample_lines(
+    trace: Trace,
+    comparison: Comparison,
+    policy_counted: np.ndarray,
+    reference_counted: np.ndarray,
+) -> list[str]:
+    """A counterexample's records, each with a note where the models counted differently,
+    then the counters and READs where the reference (expected) and the policy (observed)
+    differ. Shared by fuzz reproducers and verification witnesses."""
+    c = comparison
+    lines = []
+    for k, line in enumerate(trace.format(None).splitlines()):
+        note = _who_counted(policy_counted[k], reference_counted[k])
+        lines.append(("  " + line).ljust(56) + note if note else "  " + line)
+    lines.append(f"  {'pmc':>5}  {'expected':>16}  {'observed':>16}")
+    for i in range(c.policy.n_pmcs):
+        exp, obs = int(c.reference.counters[i]), int(c.policy.counters[i])
+        mark = "  <--" if i in c.differing_pmcs else ""
+        if exp or obs:
+            lines.append(f"  {i:>5}  {exp:>16}  {obs:>16}{mark}")
+    lines.extend(
+        f"  read #{k}: expected {int(c.reference.reads[k])}, observed {int(c.policy.reads[k])}"
+        for k in c.differing_reads
+    )
+    return lines
 
 
 def _who_counted(policy: int, reference: int) -> str:
