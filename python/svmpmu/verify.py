@@ -202,8 +202,9 @@ def verify(
     ``n_pmcs`` PMCs are explored (one covers any number: ``docs/verification.md``).
     ``ignore`` sets classes aside (signatures or names such as
     ``"WRMSR_EVTSEL:none:svme0:svme0:policy"``), so that "equivalent but for these" is one
-    call. ``max_states`` bounds the exploration (the verdict is then ``bounded``, never
-    equivalent). ``progress(states, depth)`` is called once a breadth-first layer. The
+    call. ``max_states`` bounds the exploration: it stops once that many product states are
+    known (it finishes the state it is expanding, so ``states`` may pass the bound by at most
+    the size of the alphabet); the verdict is then ``bounded``, never equivalent. ``progress(states, depth)`` is called once a breadth-first layer. The
     result is the same for any ``threads``.
 
     >>> verify("arch").equivalent
@@ -211,8 +212,12 @@ def verify(
     """
     p, q = resolve_policy(policy), resolve_policy(reference)
     n = _n_pmcs(n_pmcs)
-    if max_states is not None and (isinstance(max_states, bool) or max_states < 1):
-        raise ValueError(f"max_states must be a positive integer, got {max_states!r}")
+    if max_states is not None:
+        if isinstance(max_states, bool) or not isinstance(max_states, (int, np.integer)):
+            raise TypeError(f"max_states must be an integer, got {type(max_states).__name__}")
+        if max_states < 1:
+            raise ValueError(f"max_states must be at least 1, got {max_states}")
+        max_states = int(max_states)
     ignored = [_signature(s).as_tuple() for s in ignore]
     start = time.perf_counter()
     equivalent, bounded, states, depth, transitions, found = _core.verify(

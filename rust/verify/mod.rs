@@ -133,6 +133,56 @@ struct Automaton {
 /// Progress reports: (states so far, depth so far); called once a breadth-first layer.
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
+/// States expanded between two checks of the state bound.
+const CHUNK: usize = 4096;
+
+/// Every letter's transition from each of `keys`: the next state's key and the edge (its
+/// `next` still to be numbered; [`NONE`] where the letter is invalid).
+fn expand<A: Abstract, B: Abstract>(
+    a0: &A,
+    b0: &B,
+    keys: &[u128],
+    letters: &[Record],
+    n_pmcs: usize,
+) -> Vec<Vec<(u128, Edge)>> {
+    keys.par_iter()
+        .map(|&key| {
+            let (a, b) = decode(a0, b0, key, n_pmcs);
+            let mode = mode_of(key);
+            let mut reads = Vec::new();
+            letters
+                .iter()
+                .map(|&r| {
+                    if !is_valid(r, mode, n_pmcs) {
+                        let none = Edge {
+                            next: NONE,
+                            policy: 0,
+                            reference: 0,
+                            reference_hg: 0,
+                        };
+                        return (0, none);
+                    }
+                    let (mut a, mut b) = (a.clone(), b.clone());
+                    let policy = a.step(r, &mut reads);
+                    let reference = b.step(r, &mut reads);
+                    reads.clear();
+                    let mut reference_hg = 0u16;
+                    for (i, &sel) in b.eventsel().iter().enumerate().take(n_pmcs) {
+                        reference_hg |= (crate::fuzz::hg_bits(sel) as u16) << (2 * i);
+                    }
+                    let edge = Edge {
+                        next: 0,
+                        policy,
+                        reference,
+                        reference_hg,
+                    };
+                    (encode(&a, &b, n_pmcs), edge)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn explore<A: Abstract, B: Abstract>(
     a0: &A,
     b0: &B,
@@ -150,69 +200,40 @@ fn explore<A: Abstract, B: Abstract>(
     while layer_start < keys.len() {
         let layer_end = keys.len();
         progress(keys.len(), depth);
-        // Expand the layer in parallel; number the new states in layer order, letter order.
-        let expanded: Vec<Vec<(u128, Edge)>> = keys[layer_start..layer_end]
-            .par_iter()
-            .map(|&key| {
-                let (a, b) = decode(a0, b0, key, n_pmcs);
-                let mode = mode_of(key);
-                let mut reads = Vec::new();
-                letters
-                    .iter()
-                    .map(|&r| {
-                        if !is_valid(r, mode, n_pmcs) {
-                            return (
-                                0,
-                                Edge {
-                                    next: NONE,
-                                    policy: 0,
-                                    reference: 0,
-                                    reference_hg: 0,
-                                },
-                            );
-                        }
-                        let (mut a, mut b) = (a.clone(), b.clone());
-                        let policy = a.step(r, &mut reads);
-                        let reference = b.step(r, &mut reads);
-                        reads.clear();
-                        let mut reference_hg = 0u16;
-                        for (i, &sel) in b.eventsel().iter().enumerate().take(n_pmcs) {
-                            reference_hg |= (crate::fuzz::hg_bits(sel) as u16) << (2 * i);
-                        }
-                        let edge = Edge {
-                            next: 0,
-                            policy,
-                            reference,
-                            reference_hg,
-                        };
-                        (encode(&a, &b, n_pmcs), edge)
-                    })
-                    .collect()
-            })
-            .collect();
-        for (k, row) in expanded.into_iter().enumerate() {
-            let from = (layer_start + k) as u32;
-            for (l, (key, mut edge)) in row.into_iter().enumerate() {
-                if edge.next == NONE {
+        // Expand the layer in parallel, a chunk at a time (so that a state bound is met
+        // within a chunk, and memory with it); number the new states in layer order, letter
+        // order.
+        for chunk_start in (layer_start..layer_end).step_by(CHUNK) {
+            let chunk_end = (chunk_start + CHUNK).min(layer_end);
+            let expanded = expand(a0, b0, &keys[chunk_start..chunk_end], letters, n_pmcs);
+            for (k, row) in expanded.into_iter().enumerate() {
+                let from = (chunk_start + k) as u32;
+                for (l, (key, mut edge)) in row.into_iter().enumerate() {
+                    if edge.next != NONE {
+                        edge.next = *index.entry(key).or_insert_with(|| {
+                            keys.push(key);
+                            parent.push((from, l as u16));
+                            (keys.len() - 1) as u32
+                        });
+                    }
                     edges.push(edge);
-                    continue;
                 }
-                let next = *index.entry(key).or_insert_with(|| {
-                    keys.push(key);
-                    parent.push((from, l as u16));
-                    (keys.len() - 1) as u32
-                });
-                edge.next = next;
-                edges.push(edge);
+                // Within a row of the bound: the rows after this one are not taken.
+                if spec.max_states.is_some_and(|m| keys.len() >= m) {
+                    bounded = true;
+                    break;
+                }
             }
+            if bounded {
+                break;
+            }
+        }
+        if bounded {
+            break;
         }
         layer_start = layer_end;
         if keys.len() > layer_end {
             depth += 1;
-        }
-        if spec.max_states.is_some_and(|m| keys.len() > m) {
-            bounded = true;
-            break;
         }
     }
     Automaton {
