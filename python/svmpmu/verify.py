@@ -204,8 +204,9 @@ def verify(
     ``"WRMSR_EVTSEL:none:svme0:svme0:policy"``), so that "equivalent but for these" is one
     call. ``max_states`` bounds the exploration: it stops once that many product states are
     known (it finishes the state it is expanding, so ``states`` may pass the bound by at most
-    the size of the alphabet); the verdict is then ``bounded``, never equivalent. ``progress(states, depth)`` is called once a breadth-first layer. The
-    result is the same for any ``threads``.
+    the size of the alphabet); the verdict is then ``bounded``, never equivalent.
+    ``progress(states, depth)`` is called once a breadth-first layer. The result is the same
+    for any ``threads``.
 
     >>> verify("arch").equivalent
     True
