@@ -342,12 +342,12 @@ fn push_record(
     let all = (1u64 << n_pmcs) - 1;
     // a: the op, PMC, CPL, branch flag, the RUN event, the EFER and nested-state flags.
     let pmc = (((a >> 36) & 0xFFFF) * n_pmcs as u64) >> 16;
-    let cpl = if chance(a >> 26, mix.kernel) { 0 } else { 3 };
-    let vmrun_cpl = if chance(d >> 40, mix.vmrun_user) {
-        3
-    } else {
-        0
-    };
+    // VMRUN's CPL (that of L2) has a chance of its own; one select, no branch on the op.
+    let cpl = std::hint::select_unpredictable(
+        o == op::VMRUN,
+        3 * chance(d >> 40, mix.vmrun_user) as u64,
+        3 * !chance(a >> 26, mix.kernel) as u64,
+    );
     let branch = chance(a >> 16, mix.branch) as u64;
     let event = EVENTS[t.event[((a >> 8) & 255) as usize] as usize] as u64;
     let svme_bit = (a >> 7) & 1;
@@ -384,7 +384,7 @@ fn push_record(
     let r = Record {
         op: o,
         pmc: (pmc & when(o, USES_PMC)) as u8,
-        cpl: ((cpl & when(o, USES_CPL) & !is(o, op::VMRUN)) | (vmrun_cpl & is(o, op::VMRUN))) as u8,
+        cpl: (cpl & when(o, USES_CPL)) as u8,
         flag: ((svme_bit & is(o, op::WRMSR_EFER))
             | (nested_bit & is(o, op::SET_NESTED_STATE))
             | (action & is(o, op::SET_FILTER))

@@ -74,7 +74,15 @@ impl Arch {
     fn write_eventsel(&mut self, pmc: u8, value: u64) -> u8 {
         let i = pmc as usize & (LANES - 1);
         let v = value & !RESERVED;
-        self.retire_around(self.p.enabling_wrmsr_new, |pmu| pmu.set_eventsel(i, v))
+        // Written out rather than through `retire_around`: the closure was not inlined.
+        if self.p.enabling_wrmsr_new {
+            self.pmu.set_eventsel(i, v);
+            self.retire(0, false)
+        } else {
+            let m = self.retire(0, false);
+            self.pmu.set_eventsel(i, v);
+            m
+        }
     }
 
     /// WRMSR to a counter, then it retires.
