@@ -279,6 +279,25 @@ impl Node {
         self.read_differed || self.diff.iter().any(|&d| d != 0)
     }
 
+    /// The running difference and the READ bit after letter `r` on edge `e` (the state is
+    /// the caller's): a READ of a PMC whose counts differ shows the divergence; a RESET sets
+    /// every counter to 0 in both models, and a WRMSR_CTR sets its counter to the same value
+    /// in both, so their difference starts again from 0 before the record's own counts.
+    fn advance(&mut self, r: Record, e: &Edge, n_pmcs: usize) {
+        if r.op == op::READ && self.diff[r.pmc as usize] != 0 {
+            self.read_differed = true;
+        }
+        if r.op == op::RESET {
+            self.diff = [0; MAX_PMCS];
+        }
+        if r.op == op::WRMSR_CTR {
+            self.diff[r.pmc as usize] = 0;
+        }
+        for p in 0..n_pmcs {
+            self.diff[p] += ((e.policy >> p) & 1) as i8 - ((e.reference >> p) & 1) as i8;
+        }
+    }
+
     /// The node as one number, for the visited set: the state, 5 bits a PMC's difference
     /// (|d| <= 15), the READ bit.
     fn pack(&self) -> u64 {
@@ -377,15 +396,8 @@ fn witnesses(auto: &Automaton, spec: &VerifySpec) -> BTreeMap<Signature, (Vec<u1
                     state: e.next,
                     ..node
                 };
-                let mut too_far = false;
-                for p in 0..n_pmcs {
-                    let delta = ((e.policy >> p) & 1) as i8 - ((e.reference >> p) & 1) as i8;
-                    next.diff[p] += delta;
-                    too_far |= next.diff[p].abs() > dmax;
-                }
-                if r.op == op::READ && node.diff[r.pmc as usize] != 0 {
-                    next.read_differed = true;
-                }
+                next.advance(r, e, n_pmcs);
+                let too_far = next.diff.iter().any(|d| d.abs() > dmax);
                 let mut d = e.policy ^ e.reference;
                 while d != 0 {
                     let p = d.trailing_zeros() as usize;
@@ -444,9 +456,7 @@ fn witnesses(auto: &Automaton, spec: &VerifySpec) -> BTreeMap<Signature, (Vec<u1
         path.push(l);
         let mut after = node;
         let e = edge(node.state, l as usize);
-        for p in 0..n_pmcs {
-            after.diff[p] += ((e.policy >> p) & 1) as i8 - ((e.reference >> p) & 1) as i8;
-        }
+        after.advance(letters[l as usize], e, n_pmcs);
         let mut s = e.next;
         if !after.diverged() {
             loop {
@@ -494,10 +504,7 @@ fn first_edge_of(auto: &Automaton, spec: &VerifySpec, sig: Signature) -> (Vec<u1
                 };
                 for &pl in &path {
                     let e = &auto.edges[node.state as usize * nl + pl as usize];
-                    for p in 0..spec.n_pmcs {
-                        node.diff[p] +=
-                            ((e.policy >> p) & 1) as i8 - ((e.reference >> p) & 1) as i8;
-                    }
+                    node.advance(spec.letters[pl as usize], e, spec.n_pmcs);
                     node.state = e.next;
                 }
                 return (path, node, l as u16);
