@@ -133,13 +133,6 @@ impl Arch {
         0
     }
 
-    /// READ: the counter's value goes to the output.
-    #[inline(always)]
-    fn read(&self, pmc: u8, reads: &mut Vec<u64>) -> u8 {
-        reads.push(self.pmu.read(pmc as usize));
-        0
-    }
-
     /// RESET: back to the reset state, but for the filter, which is the VM's.
     #[inline(always)]
     fn reset(&mut self) -> u8 {
@@ -170,7 +163,7 @@ impl Model for Arch {
                 0
             }
             op::VMENTRY => 0,
-            op::READ => self.read(r.pmc, reads),
+            op::READ => self.pmu.read_into(r.pmc, reads),
             _ => self.reset(),
         }
     }

@@ -199,13 +199,6 @@ impl Kvm {
         0
     }
 
-    /// READ: the counter's value goes to the output.
-    #[inline(always)]
-    fn read(&self, pmc: u8, reads: &mut Vec<u64>) -> u8 {
-        reads.push(self.pmu.read(pmc as usize));
-        0
-    }
-
     /// RESET: back to the reset state, but for the filter, which is the VM's.
     #[inline(always)]
     fn reset(&mut self) -> u8 {
@@ -237,7 +230,7 @@ impl Model for Kvm {
                 self.vm_entry();
                 0
             }
-            op::READ => self.read(r.pmc, reads),
+            op::READ => self.pmu.read_into(r.pmc, reads),
             _ => self.reset(),
         }
     }
