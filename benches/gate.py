@@ -31,12 +31,14 @@ What a loaded machine changes; the targets and the +20% tolerance never change:
 
 - `--update` does not write the baseline and exits 3, saying why; `--update --force` writes
   it all the same, with a warning.
-- The check, when ratios are over the limit on a loaded machine, measures again, up to 2 more
-  times. A measurement with every ratio within the limit passes, loaded or not; one over the
-  limit on a machine that is not loaded fails (exit 1), as before. When every measurement was
-  loaded and over the limit, the gate reports "inconclusive: machine loaded" rather than
-  blaming the code, and exits 3: an inconclusive run never passes, so CI stops on it as on a
-  regression, and the fix is to run the gate again on a quiet machine.
+- The check, when ratios are over the limit, measures again, up to 2 more times, loaded or
+  not: this host has spells of seconds in which memory is slower with nothing else running
+  (every ratio of a CI run 30% to 70% over, streaming included in the spread, the speed-up
+  normal), which the load checks do not always see, and a regression is over the limit in
+  every measurement. A measurement with every ratio within the limit passes. When every
+  measurement was over the limit, the gate fails (exit 1), or, if every one of them was
+  loaded, reports "inconclusive: machine loaded" rather than blaming the code and exits 3: an
+  inconclusive run never passes, so CI stops on it as on a regression.
 
 Exit codes: 0 passed (or baseline written); 1 failed (a ratio over the limit on a machine that
 was not loaded, a case missing from the run or the baseline, the memory limit exceeded); 2
@@ -307,18 +309,21 @@ def main(argv: list[str] | None = None) -> int:
     failures += missing(measured.figures, baseline)
     slow = over_limit(measured.figures, baseline)
     measurements = 1
-    while slow and load.loaded and measurements <= RETRIES:
+    all_loaded = load.loaded
+    while slow and measurements <= RETRIES:
         measurements += 1
+        where = "a loaded" if load.loaded else "a quiet"
         print(
-            f"\n{len(slow)} ratios over the limit on a loaded machine: measuring again"
+            f"\n{len(slow)} ratios over the limit on {where} machine: measuring again"
             f" ({measurements} of at most {RETRIES + 1})\n"
         )
         measured = run(args.scale, args.repeat)
         load = measured.load(cpus)
+        all_loaded &= load.loaded
         print(f"\n{load.line()}")
         slow = over_limit(measured.figures, baseline)
 
-    if slow and load.loaded:
+    if slow and all_loaded:
         print(
             f"\nspeed gate inconclusive: machine loaded in all {measurements} measurements;"
             f" {len(slow)} ratios over the limit, not blamed on the code (run it again on a"
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print("\nspeed gate FAILED:\n  " + "\n  ".join(failures))
         return FAILED
-    again = f" (measurement {measurements}; the earlier ran loaded)" if measurements > 1 else ""
+    again = f" (measurement {measurements}; the earlier were over)" if measurements > 1 else ""
     print(f"\nspeed gate passed: {len(measured.figures)} ratios within +20% of the baseline{again}")
     return PASSED
 
