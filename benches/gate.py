@@ -35,10 +35,12 @@ What a loaded machine changes; the targets and the +20% tolerance never change:
   not: this host has spells of seconds in which memory is slower with nothing else running
   (every ratio of a CI run 30% to 70% over, streaming included in the spread, the speed-up
   normal), which the load checks do not always see, and a regression is over the limit in
-  every measurement. A measurement with every ratio within the limit passes. When every
-  measurement was over the limit, the gate fails (exit 1), or, if every one of them was
-  loaded, reports "inconclusive: machine loaded" rather than blaming the code and exits 3: an
-  inconclusive run never passes, so CI stops on it as on a regression.
+  every measurement. Each case keeps its best ratio over the measurements (as it keeps its
+  best time over the rounds of one); when every ratio is within the limit the gate passes.
+  When some case is over the limit in every measurement, the gate fails (exit 1), or, if
+  every measurement was loaded, reports "inconclusive: machine loaded" rather than blaming
+  the code and exits 3: an inconclusive run never passes, so CI stops on it as on a
+  regression.
 
 Exit codes: 0 passed (or baseline written); 1 failed (a ratio over the limit on a machine that
 was not loaded, a case missing from the run or the baseline, the memory limit exceeded); 2
@@ -124,6 +126,11 @@ class Load:
     def loaded(self) -> bool:
         return self.spread_over or self.speedup_under
 
+    @property
+    def word(self) -> str:
+        """``"loaded"`` or ``"quiet"``."""
+        return "loaded" if self.loaded else "quiet"
+
     def line(self) -> str:
         """One line: loaded or quiet, with the figures and their bounds."""
         over = ", OVER" if self.spread_over else ""
@@ -169,6 +176,17 @@ class Measurement:
 
     def load(self, cpus: int) -> Load:
         return load_verdict(self.stream_samples, self.one_thread, self.all_threads, cpus)
+
+
+def best_of(first: Measurement, later: Measurement) -> Measurement:
+    """Each case's best ratio over two measurements (as each keeps its best time over the
+    rounds of one: a regression is over the limit in every measurement), with the load
+    timings of the later one."""
+    best = {
+        name: min(fig, later.figures.get(name, fig), key=lambda f: f["ratio"])
+        for name, fig in first.figures.items()
+    }
+    return Measurement(best, later.stream_samples, later.one_thread, later.all_threads)
 
 
 def run(scale: float, repeat: int) -> Measurement:
@@ -312,15 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     all_loaded = load.loaded
     while slow and measurements <= RETRIES:
         measurements += 1
-        where = "a loaded" if load.loaded else "a quiet"
         print(
-            f"\n{len(slow)} ratios over the limit on {where} machine: measuring again"
+            f"\n{len(slow)} ratios over the limit on a {load.word} machine: measuring again"
             f" ({measurements} of at most {RETRIES + 1})\n"
         )
-        measured = run(args.scale, args.repeat)
-        load = measured.load(cpus)
+        again = run(args.scale, args.repeat)
+        load = again.load(cpus)
         all_loaded &= load.loaded
         print(f"\n{load.line()}")
+        measured = best_of(measured, again)
         slow = over_limit(measured.figures, baseline)
 
     if slow and all_loaded:

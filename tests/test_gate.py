@@ -222,3 +222,19 @@ def test_missing_case_fails_even_when_loaded(fake):
     del measured.figures["generate"]
     queue.append(measured)
     assert gate.main(["--baseline", str(path)]) == gate.FAILED
+
+
+def test_each_case_keeps_its_best_ratio_over_the_measurements(fake):
+    # Half the cases slow in one measurement, the other half in the next: every case has a
+    # measurement within the limit, so the gate passes.
+    queue, calls, path = fake
+    names = sorted(BASELINE)
+    first, second = _measurement(loaded=False, slow=False), _measurement(loaded=False, slow=False)
+    for k, name in enumerate(names):
+        slow_one = first if k % 2 else second
+        slow_one.figures[name]["ratio"] *= 1.5
+    queue.extend([first, second])
+    assert gate.main(["--baseline", str(path)]) == gate.PASSED
+    assert len(calls) == 2
+    best = gate.best_of(first, second)
+    assert all(best.figures[n]["ratio"] == pytest.approx(BASELINE[n]) for n in names)
