@@ -61,6 +61,20 @@ def _knob_option(
     )
 
 
+def _model_options(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """--policy, --reference and their repeatable knob overrides, as fuzz and verify take them."""
+    parser.add_argument(
+        "--policy",
+        default="final",
+        help=f"preset of the policy under test ({', '.join(PRESETS)}; default final)",
+    )
+    parser.add_argument(
+        "--reference", default="arch", help="preset of the reference (default arch)"
+    )
+    _knob_option(parser, "--set", "policy_knobs", "policy", set_example)
+    _knob_option(parser, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svmpmu",
@@ -77,14 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "group the divergences into classes and shrink one trace of each class to a minimal "
         "counterexample. Every figure is reproducible from --seed.",
     )
-    f.add_argument(
-        "--policy",
-        default="final",
-        help=f"preset of the policy under test ({', '.join(PRESETS)}; default final)",
-    )
-    f.add_argument("--reference", default="arch", help="preset of the reference (default arch)")
-    _knob_option(f, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
-    _knob_option(f, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+    _model_options(f, "vmrun_order=before_entry")
     f.add_argument(
         "--traces", type=int, default=1_000_000, help="number of traces (default 1000000)"
     )
@@ -128,14 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         "with its shortest witness. With --matrix, every preset against arch and against each "
         "other. docs/verification.md argues why the exploration covers every trace.",
     )
-    v.add_argument(
-        "--policy",
-        default="final",
-        help=f"preset of the policy under test ({', '.join(PRESETS)}; default final)",
-    )
-    v.add_argument("--reference", default="arch", help="preset of the reference (default arch)")
-    _knob_option(v, "--set", "policy_knobs", "policy", "forced_leave_timing=sync")
-    _knob_option(v, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+    _model_options(v, "forced_leave_timing=sync")
     v.add_argument(
         "--ignore",
         action="append",
