@@ -3,14 +3,16 @@
 //! errors to the Python exceptions of `svmpmu.errors`.
 
 pub mod error;
+pub mod ftrace;
 pub mod fuzz;
 pub mod model;
 pub mod replay;
+pub mod text;
 pub mod trace;
 pub mod verify;
 
 #[cfg(feature = "python")]
-mod python {
+pub(crate) mod python {
     use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::prelude::*;
@@ -82,7 +84,7 @@ mod python {
         Ok((policy_from_py(p)?, policy_from_py(q)?))
     }
 
-    type Columns<'py> = (
+    pub(crate) type Columns<'py> = (
         PyReadonlyArray1<'py, u8>,
         PyReadonlyArray1<'py, u8>,
         PyReadonlyArray1<'py, u8>,
@@ -96,7 +98,7 @@ mod python {
             .map_err(|_| PyValueError::new_err("trace columns must be contiguous"))
     }
 
-    fn borrow<'a>(c: &'a Columns<'_>) -> PyResult<TraceRef<'a>> {
+    pub(crate) fn borrow<'a>(c: &'a Columns<'_>) -> PyResult<TraceRef<'a>> {
         TraceRef::new(
             slice(&c.0)?,
             slice(&c.1)?,
@@ -291,7 +293,10 @@ mod python {
         Generator::new(mix, n_pmcs).map_err(|e| to_py(py, e))
     }
 
-    fn columns_tuple<'py>(py: Python<'py>, buf: TraceBuf) -> PyResult<Bound<'py, PyTuple>> {
+    pub(crate) fn columns_tuple<'py>(
+        py: Python<'py>,
+        buf: TraceBuf,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(
             py,
             [
@@ -560,6 +565,10 @@ mod python {
             compare, count_masks, default_mix, fuzz_range, generate, generate_one, shrink,
             signatures, simulate, simulate_batch, validate, verify,
         };
+        #[pymodule_export]
+        use crate::ftrace::py::read_ftrace;
+        #[pymodule_export]
+        use crate::text::py::{read_text, write_text};
 
         #[pymodule_init]
         fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

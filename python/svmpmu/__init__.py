@@ -17,7 +17,15 @@ specification leaves open are in ``docs/semantics.md``. Quick start::
 from ._api import BatchResult, compare, generate, simulate, simulate_batch, validate
 from ._core import __version__
 from .batch import TraceBatch
-from .errors import PolicyError, TraceError
+from .errors import PolicyError, TraceError, TraceSyntaxError
+from .files import (
+    TraceFileError,
+    read_text,
+    read_trace,
+    scenario,
+    scenarios,
+    write_trace,
+)
 from .fuzz import DivergenceClass, FuzzReport, Signature, fuzz
 from .mix import Mix
 from .model import (
@@ -67,6 +75,8 @@ __all__ = [
     "TraceBatch",
     "TraceBuilder",
     "TraceError",
+    "TraceFileError",
+    "TraceSyntaxError",
     "Verdict",
     "VerifiedClass",
     "__version__",
@@ -74,10 +84,15 @@ __all__ = [
     "event_key",
     "fuzz",
     "generate",
+    "read_text",
+    "read_trace",
+    "scenario",
+    "scenarios",
     "eventsel",
     "selector_key",
     "simulate",
     "simulate_batch",
     "validate",
     "verify",
+    "write_trace",
 ]

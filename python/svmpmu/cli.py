@@ -1,5 +1,6 @@
 """The ``svmpmu`` command line: ``svmpmu fuzz``, ``svmpmu verify``, ``svmpmu replay``,
-``svmpmu presets``."""
+``svmpmu presets``; the file commands (``import``, ``convert``, ``plot``, ``export``,
+``scenarios``) are in :mod:`svmpmu.cli_files`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Any, TextIO
 
 from . import __version__
 from ._api import compare, generate, simulate
+from .cli_files import load_trace, register, text_line, trace_arguments
 from .errors import PolicyError, TraceError
 from .fuzz import FuzzReport, fuzz
 from .policy import KNOB_VALUES, PRESETS, KnobValue, Policy, resolve_policy
-from .trace import Trace
 from .verify import Verdict, verify
 
 __all__ = ["main"]
@@ -46,7 +47,12 @@ def _policy(preset: str, overrides: list[tuple[str, KnobValue]]) -> Policy:
     return dataclasses.replace(resolve_policy(preset), **knobs)
 
 
-def _knob_option(
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The policy of ``--policy`` with the ``--set`` overrides."""
+    return _policy(args.policy, args.policy_knobs)
+
+
+def knob_option(
     parser: argparse.ArgumentParser, flag: str, dest: str, whose: str, example: str
 ) -> None:
     """A repeatable KNOB=VALUE option that overrides a knob of the policy or the reference."""
@@ -71,8 +77,8 @@ def _model_options(parser: argparse.ArgumentParser, set_example: str) -> None:
     parser.add_argument(
         "--reference", default="arch", help="preset of the reference (default arch)"
     )
-    _knob_option(parser, "--set", "policy_knobs", "policy", set_example)
-    _knob_option(parser, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+    knob_option(parser, "--set", "policy_knobs", "policy", set_example)
+    knob_option(parser, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,13 +185,12 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "replay",
-        help="replay a trace file (.npz) through a policy and compare with a reference",
-        description="Replay a trace saved with Trace.save (an .npz of the record columns).",
+        help="replay a trace file through a policy and compare with a reference",
+        description="Replay a trace (a text trace, an .npz written by Trace.save, a KVM"
+        " trace-event capture, or a shipped scenario) through a policy and a reference.",
     )
-    r.add_argument("trace", help="the .npz trace file")
-    r.add_argument("--policy", default="final", help="preset (default final)")
-    r.add_argument("--reference", default="arch", help="preset to compare with (default arch)")
-    _knob_option(r, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
+    trace_arguments(r)
+    _model_options(r, "vmrun_order=before_entry")
     r.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
 
     sub.add_parser(
@@ -193,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         help="list the presets and their knobs",
         description="List every preset with the knobs it sets.",
     )
+    parser.set_defaults(file_commands=register(sub))
     return parser
 
 
@@ -349,12 +355,16 @@ def _matrix(args: argparse.Namespace, out: TextIO) -> int:
 
 def _replay(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu replay``."""
-    trace = Trace.load(args.trace)
-    policy = _policy(args.policy, args.policy_knobs)
-    c = compare(trace, policy, args.reference, n_pmcs=args.n_pmcs)
+    trace = load_trace(args)
+    policy = policy_from_args(args)
+    reference = _policy(args.reference, args.reference_knobs)
+    try:
+        c = compare(trace, policy, reference, n_pmcs=args.n_pmcs)
+    except TraceError as e:
+        raise TraceError(e.index, e.reason + text_line(args.trace, e.index)) from None
     print(f"{len(trace)} records; policy {policy}:", file=out)
     print(c.policy.format(), file=out)
-    print(f"reference {args.reference}:", file=out)
+    print(f"reference {reference}:", file=out)
     print(c.reference.format(), file=out)
     print(c.format(), file=out)
     return 0
@@ -388,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args, out)
         if args.command == "presets":
             return _presets(out)
+        if args.command in args.file_commands:
+            return int(args.file_commands[args.command](args, out))
         parser.print_help(out)
         return 2
     except (PolicyError, TraceError, ValueError, OSError, MemoryError) as e:

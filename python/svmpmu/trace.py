@@ -136,6 +136,20 @@ class Trace:
         # name, so the call is sound.
         np.savez(path, **self.columns())  # type: ignore[arg-type]
 
+    def to_text(self) -> str:
+        """The trace as text, one record per line (docs/text-format.md);
+        :func:`svmpmu.read_text` reads it back to an equal trace.
+
+        >>> print(TraceBuilder().wrmsr_efer(1).vmrun(cpl=3).build().to_text())
+        # svmpmu text trace
+        WRMSR_EFER svme=1
+        VMRUN cpl=3
+        <BLANKLINE>
+        """
+        from .files import to_text
+
+        return to_text(self)
+
     @classmethod
     def load(cls, path: FileLike) -> Trace:
         """Read a trace written by :meth:`save`."""

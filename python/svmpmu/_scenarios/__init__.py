@@ -1,0 +1,1 @@
+"""Scenario files shipped with svmpmu: see :func:`svmpmu.scenarios`."""

@@ -1,0 +1,220 @@
+"""The file commands of the ``svmpmu`` command line: ``import``, ``convert``, ``plot``,
+``export`` and ``scenarios``, and the trace options every command that reads a trace takes."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from collections.abc import Callable
+from typing import TextIO
+
+from .files import (
+    TEXT_SUFFIXES,
+    detect_format,
+    line_of_record,
+    read_trace,
+    scenario_path,
+    scenarios,
+    write_trace,
+)
+from .trace import Trace
+
+__all__ = ["load_trace", "register", "text_line", "trace_arguments"]
+
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+def trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TRACE argument and the options of an imported KVM trace."""
+    parser.add_argument(
+        "trace",
+        metavar="TRACE",
+        help="a trace file (text, .npz, or a KVM trace-event capture: the format is read from"
+        " the content) or the name of a shipped scenario (svmpmu scenarios)",
+    )
+    parser.add_argument(
+        "--vcpu",
+        type=int,
+        default=None,
+        help="for a KVM trace with several vCPUs: the vCPU to use",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="for a KVM trace: guest events per microsecond between kvm_entry and kvm_exit"
+        " (an estimate; default: the importer's, see svmpmu import --help)",
+    )
+
+
+def load_trace(args: argparse.Namespace) -> Trace:
+    """The trace named by the TRACE argument, with the import options given."""
+    options: dict[str, object] = {}
+    if args.rate is not None:
+        options["rate"] = args.rate
+    return read_trace(args.trace, vcpu=args.vcpu, **options)
+
+
+def text_line(source: str, index: int) -> str:
+    """`` (line N of FILE)`` when ``source`` names a text trace holding record ``index``."""
+    path = pathlib.Path(source)
+    if not path.exists() and source in scenarios():
+        path = scenario_path(source)
+    try:
+        data = path.read_bytes()
+        if detect_format(data) != "text":
+            return ""
+    except (OSError, ValueError):
+        return ""
+    line = line_of_record(data, index)
+    return f" (line {line} of {path})" if line else ""
+
+
+def _import(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu import``: one output file per vCPU (or the one chosen)."""
+    from .ftrace import read_ftrace
+
+    options: dict[str, object] = {}
+    if args.rate is not None:
+        options["rate"] = args.rate
+    imported = read_ftrace(args.trace, **options)  # type: ignore[arg-type]
+    print(imported.format(), file=out)
+    target = pathlib.Path(args.output)
+    vcpus = sorted(imported.traces)
+    if args.vcpu is not None:
+        if args.vcpu not in imported.traces:
+            raise ValueError(
+                f"no vCPU {args.vcpu} in {args.trace} (it has {', '.join(map(str, vcpus))})"
+            )
+        vcpus = [args.vcpu]
+    outputs = {
+        v: target if len(vcpus) == 1 else target.with_name(f"{target.stem}.vcpu{v}{target.suffix}")
+        for v in vcpus
+    }
+    for v, path in outputs.items():
+        write_trace(imported.traces[v], path)
+        print(f"vCPU {v}: {len(imported.traces[v])} records written to {path}", file=out)
+    return 0
+
+
+def _convert(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu convert``."""
+    trace = load_trace(args)
+    write_trace(trace, args.output)
+    print(f"{len(trace)} records written to {args.output}", file=out)
+    return 0
+
+
+def _plot(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu plot``."""
+    from .cli import policy_from_args
+
+    trace = load_trace(args)
+    try:
+        from .plot import plot
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    plot(trace, args.output, policy=policy_from_args(args), reference=args.vs, n_pmcs=args.n_pmcs)
+    print(f"{args.output}: {len(trace)} records, {args.policy} against {args.vs}", file=out)
+    return 0
+
+
+def _export(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu export``."""
+    from .cli import policy_from_args
+    from .perfetto import write_perfetto
+
+    trace = load_trace(args)
+    write_perfetto(
+        trace, args.perfetto, policy=policy_from_args(args), reference=args.vs, n_pmcs=args.n_pmcs
+    )
+    print(f"{args.perfetto}: open it in https://ui.perfetto.dev or chrome://tracing", file=out)
+    return 0
+
+
+def _scenarios(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu scenarios``."""
+    for name, title in scenarios().items():
+        print(f"{name:16} {title}", file=out)
+        if args.paths:
+            print(f"{'':16} {scenario_path(name)}", file=out)
+    return 0
+
+
+def _picture_options(parser: argparse.ArgumentParser) -> None:
+    from .cli import knob_option
+
+    parser.add_argument("--policy", default="final", help="preset of the policy (default final)")
+    parser.add_argument("--vs", default="arch", help="preset to compare with (default arch)")
+    knob_option(parser, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
+    parser.add_argument(
+        "--n-pmcs",
+        type=int,
+        default=None,
+        help="PMCs to show, 1..6 (default: those the trace uses)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+    """Add the file commands to ``sub``; their handlers by command name."""
+    text = " or ".join(TEXT_SUFFIXES)
+    i = sub.add_parser(
+        "import",
+        help="import a KVM trace-event capture (trace-cmd report, tracefs trace)",
+        description="Map the kvm events of a trace-cmd report or a tracefs trace file to"
+        " records, one trace per vCPU, and write them; prints what was mapped, skipped and"
+        " could not be read. See docs/ftrace.md for the mapping.",
+    )
+    trace_arguments(i)
+    i.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help=f"the output file (.npz, {text}); with several vCPUs and no --vcpu, one file a"
+        " vCPU named OUT.vcpuN.SUFFIX",
+    )
+
+    c = sub.add_parser(
+        "convert",
+        help="convert a trace between text, .npz and an imported KVM trace",
+        description="Read a trace in any format (detected from the content) and write it in"
+        " the format of the output's suffix.",
+    )
+    trace_arguments(c)
+    c.add_argument("-o", "--output", required=True, help=f"the output file (.npz, {text})")
+
+    p = sub.add_parser(
+        "plot",
+        help="draw a trace's timeline under a policy and a reference (PNG or SVG)",
+        description="One figure: the mode over time, when eventsel_hw.EN is set on each PMC"
+        " under the policy, and each PMC's count under the policy and the reference, with the"
+        " first divergence marked. Needs matplotlib: pip install 'svmpmu[plot]'.",
+    )
+    trace_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="the picture (.png or .svg)")
+    _picture_options(p)
+
+    e = sub.add_parser(
+        "export",
+        help="export a trace's timeline for Perfetto or chrome://tracing",
+        description="Write the timeline of the plot command as Chrome trace-event JSON, which"
+        " ui.perfetto.dev and chrome://tracing open (docs/pictures.md lists its events).",
+    )
+    trace_arguments(e)
+    e.add_argument("--perfetto", required=True, metavar="OUT.json", help="the JSON file")
+    _picture_options(e)
+
+    s = sub.add_parser(
+        "scenarios",
+        help="list the scenario files shipped with svmpmu",
+        description="List the shipped scenarios; any command that reads a TRACE takes their"
+        " names, e.g. svmpmu replay worked-example.",
+    )
+    s.add_argument("--paths", action="store_true", help="print each file's path too")
+    return {
+        "import": _import,
+        "convert": _convert,
+        "plot": _plot,
+        "export": _export,
+        "scenarios": _scenarios,
+    }
