@@ -43,8 +43,11 @@ from .model import (
     eventsel,
     selector_key,
 )
+from .perfetto import perfetto, write_perfetto
+from .plot import plot, plot_figure
 from .policy import KNOB_VALUES, PRESETS, Policy
 from .result import Comparison, Result
+from .timeline import Timeline, timeline
 from .trace import COLUMNS, Trace, TraceBuilder
 from .verify import Verdict, VerifiedClass, verify
 
@@ -77,6 +80,7 @@ __all__ = [
     "TraceError",
     "TraceFileError",
     "TraceSyntaxError",
+    "Timeline",
     "Verdict",
     "VerifiedClass",
     "__version__",
@@ -84,6 +88,9 @@ __all__ = [
     "event_key",
     "fuzz",
     "generate",
+    "perfetto",
+    "plot",
+    "plot_figure",
     "read_text",
     "read_trace",
     "scenario",
@@ -92,7 +99,9 @@ __all__ = [
     "selector_key",
     "simulate",
     "simulate_batch",
+    "timeline",
     "validate",
     "verify",
+    "write_perfetto",
     "write_trace",
 ]

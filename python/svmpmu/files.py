@@ -26,6 +26,7 @@ from .trace import Trace
 
 __all__ = [
     "TEXT_SUFFIXES",
+    "atomic_write",
     "TraceFileError",
     "detect_format",
     "line_of_record",
@@ -208,9 +209,17 @@ def read_trace(
     return imported.traces[vcpu]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary file next to ``path``, then move it to ``path``: a
-    failure (a full disk, an exception, an interrupt) leaves ``path`` as it was."""
+    failure (a full disk, an exception, an interrupt) leaves ``path`` as it was and no
+    temporary file behind. The file gets the permissions a plain ``open`` would give it."""
     target = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -218,6 +227,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        pathlib.Path(tmp).chmod(0o666 & ~_umask())  # mkstemp makes it private
         pathlib.Path(tmp).replace(target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -234,7 +244,7 @@ def write_trace(trace: Trace, path: str | os.PathLike[str]) -> None:
         atomic_write(path, trace.save)
     elif suffix in TEXT_SUFFIXES:
         text = to_text(trace).encode()
-        atomic_write(path, lambda f: f.write(text))  # type: ignore[arg-type]
+        atomic_write(path, lambda f: f.write(text))
     else:
         raise ValueError(
             f"cannot tell the format of {os.fspath(path)!r} from its suffix: use .npz, "
