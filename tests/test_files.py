@@ -186,3 +186,36 @@ def test_read_trace_of_bytes(trace):
     trace.save(buf)
     assert read_trace(buf.getvalue()) == trace
     assert read_trace(trace.to_text().encode()) == trace
+
+
+def test_cli_plot_writes_a_png_and_an_svg(tmp_path, capsys):
+    png, svg = tmp_path / "seed.png", tmp_path / "seed.svg"
+    assert main(["plot", "seed-thread", "-o", str(png), "--policy", "v4"]) == 0
+    assert main(["plot", "worked-example", "-o", str(svg), "--vs", "final"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in svg.read_bytes()[:2000]
+    assert "v4 against arch" in capsys.readouterr().out
+
+
+def test_cli_plot_refuses_an_unknown_suffix(tmp_path, capsys):
+    assert main(["plot", "worked-example", "-o", str(tmp_path / "x.gif")]) == 2
+    assert ".png" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_plot_without_matplotlib_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["plot", "worked-example", "-o", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'svmpmu[plot]'" in capsys.readouterr().err
+
+
+def test_cli_export_perfetto(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "we.json"
+    assert main(["export", "worked-example", "--perfetto", str(out), "--policy", "v4"]) == 0
+    events = json.loads(out.read_text())["traceEvents"]
+    assert {e["ph"] for e in events} >= {"M", "X", "C", "i"}
+    assert "ui.perfetto.dev" in capsys.readouterr().out

@@ -109,12 +109,15 @@ def _plot(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu plot``."""
     from .cli import policy_from_args
 
+    from .plot import plot
+
     trace = load_trace(args)
     try:
-        from .plot import plot
-    except ImportError as e:
+        plot(
+            trace, args.output, policy=policy_from_args(args), reference=args.vs, n_pmcs=args.n_pmcs
+        )
+    except ImportError as e:  # matplotlib missing: the message says how to install it
         raise ValueError(str(e)) from None
-    plot(trace, args.output, policy=policy_from_args(args), reference=args.vs, n_pmcs=args.n_pmcs)
     print(f"{args.output}: {len(trace)} records, {args.policy} against {args.vs}", file=out)
     return 0
 
