@@ -3,6 +3,7 @@
 //! errors to the Python exceptions of `svmpmu.errors`.
 
 pub mod error;
+pub mod explain;
 pub mod ftrace;
 pub mod fuzz;
 pub mod model;
@@ -80,7 +81,7 @@ pub(crate) mod python {
     }
 
     /// The policy and the reference of a comparison.
-    fn policy_pair(p: &Bound<'_, PyAny>, q: &Bound<'_, PyAny>) -> PyResult<(Policy, Policy)> {
+    pub(crate) fn policy_pair(p: &Bound<'_, PyAny>, q: &Bound<'_, PyAny>) -> PyResult<(Policy, Policy)> {
         Ok((policy_from_py(p)?, policy_from_py(q)?))
     }
 
@@ -111,7 +112,7 @@ pub(crate) mod python {
     }
 
     /// Borrow the columns and validate them for `n_pmcs` (TraceError on the first bad record).
-    fn borrow_valid<'a>(
+    pub(crate) fn borrow_valid<'a>(
         py: Python<'_>,
         c: &'a Columns<'_>,
         n_pmcs: usize,
@@ -566,9 +567,11 @@ pub(crate) mod python {
             signatures, simulate, simulate_batch, validate, verify,
         };
         #[pymodule_export]
+        use crate::explain::py::explain;
+        #[pymodule_export]
         use crate::ftrace::py::read_ftrace;
         #[pymodule_export]
-        use crate::text::py::{read_text, write_text};
+        use crate::text::py::{read_text, selector_text, write_text};
 
         #[pymodule_init]
         fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -18,6 +18,7 @@ from ._api import BatchResult, compare, generate, simulate, simulate_batch, vali
 from ._core import __version__
 from .batch import TraceBatch
 from .errors import PolicyError, TraceError, TraceSyntaxError
+from .explain import Explanation, explain
 from .files import (
     TraceFileError,
     read_text,
@@ -48,7 +49,7 @@ from .plot import plot, plot_figure
 from .policy import KNOB_VALUES, PRESETS, Policy
 from .result import Comparison, Result
 from .timeline import Timeline, timeline
-from .trace import COLUMNS, Trace, TraceBuilder
+from .trace import COLUMNS, Trace, TraceBuilder, selector_text
 from .verify import Verdict, VerifiedClass, verify
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "BatchResult",
     "Comparison",
     "DivergenceClass",
+    "Explanation",
     "FuzzReport",
     "FilterAction",
     "Mix",
@@ -86,6 +88,7 @@ __all__ = [
     "__version__",
     "compare",
     "event_key",
+    "explain",
     "fuzz",
     "generate",
     "perfetto",
@@ -97,6 +100,7 @@ __all__ = [
     "scenarios",
     "eventsel",
     "selector_key",
+    "selector_text",
     "simulate",
     "simulate_batch",
     "timeline",

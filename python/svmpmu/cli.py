@@ -15,6 +15,7 @@ from . import __version__
 from ._api import compare, generate, simulate
 from .cli_files import load_trace, register, text_line, trace_arguments
 from .errors import PolicyError, TraceError
+from .explain import explain
 from .fuzz import FuzzReport, fuzz
 from .policy import KNOB_VALUES, PRESETS, KnobValue, Policy, resolve_policy
 from .verify import Verdict, verify
@@ -193,6 +194,32 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(r, "vmrun_order=before_entry")
     r.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
 
+    x = sub.add_parser(
+        "explain",
+        help="explain every record: what each model counted, and why not",
+        description="Replay a trace through a policy and a reference side by side and print"
+        " every record: the mode before and after, what each model counted on it and, for a"
+        " PMC it did not count on, the rule that ruled it out (the H/G mode rule, a stale or"
+        " pending re-evaluation and the record that left it so, the filter, the CPL, the"
+        " global control), the eventsel_hw changes and the READ values. '>>' marks the first"
+        " divergence. Exit status: 0 when the models agree, 1 when they part, 2 on an error.",
+    )
+    trace_arguments(x)
+    x.add_argument("--policy", default="final", help="preset of the policy (default final)")
+    x.add_argument("--vs", default="arch", help="preset to compare with (default arch)")
+    knob_option(x, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
+    knob_option(x, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+    x.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
+    x.add_argument(
+        "--limit", type=int, default=200, help="records to print at most (default 200; 0: all)"
+    )
+    x.add_argument(
+        "--every-pmc",
+        action="store_true",
+        help="also the PMCs neither model counts, for reasons of no interest (not enabled,"
+        " another event)",
+    )
+
     sub.add_parser(
         "presets",
         help="list the presets and their knobs",
@@ -370,6 +397,19 @@ def _replay(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu explain``: exit 1 when the models part."""
+    trace = load_trace(args)
+    policy = policy_from_args(args)
+    reference = _policy(args.vs, args.reference_knobs)
+    try:
+        e = explain(trace, policy, reference, n_pmcs=args.n_pmcs)
+    except TraceError as err:
+        raise TraceError(err.index, err.reason + text_line(args.trace, err.index)) from None
+    print(e.format(limit=args.limit or None, every_pmc=args.every_pmc), file=out)
+    return 1 if e.diverges else 0
+
+
 def _presets(out: TextIO) -> int:
     """``svmpmu presets``."""
     for name, policy in PRESETS.items():
@@ -398,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args, out)
         if args.command == "presets":
             return _presets(out)
+        if args.command == "explain":
+            return _explain(args, out)
         if args.command in args.file_commands:
             return int(args.file_commands[args.command](args, out))
         parser.print_help(out)

@@ -108,7 +108,6 @@ def _convert(args: argparse.Namespace, out: TextIO) -> int:
 def _plot(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu plot``."""
     from .cli import policy_from_args
-
     from .plot import plot
 
     trace = load_trace(args)

@@ -16,7 +16,7 @@ from .model import (
     Op,
 )
 
-__all__ = ["COLUMNS", "Trace", "TraceBuilder"]
+__all__ = ["COLUMNS", "Trace", "TraceBuilder", "format_record", "selector_text"]
 
 COLUMNS: dict[str, np.dtype] = {
     "op": np.dtype(np.uint8),
@@ -198,6 +198,18 @@ class Trace:
         return "\n".join(lines)
 
 
+def selector_text(value: int) -> str:
+    """A selector value with its bits named, as the text format writes it.
+
+    >>> selector_text(0x100004300C0)
+    'EN|OS|USR|G|event=0xc0'
+    """
+    from . import _core
+
+    text: str = _core.selector_text(int(value))
+    return text
+
+
 def format_record(op: int, pmc: int, cpl: int, flag: int, key: int, value: int) -> str:
     """One record in the notation of the specification, e.g. ``RUN(n=1000, key=0x0c0, cpl=3)``."""
     try:
@@ -205,7 +217,7 @@ def format_record(op: int, pmc: int, cpl: int, flag: int, key: int, value: int) 
     except ValueError:
         return f"<unknown op {op}>"
     if op == Op.WRMSR_EVTSEL:
-        return f"WRMSR_EVTSEL(pmc={pmc}, value={value:#x})"
+        return f"WRMSR_EVTSEL(pmc={pmc}, value={selector_text(value)})"
     if op == Op.WRMSR_CTR:
         return f"WRMSR_CTR(pmc={pmc}, value={value:#x})"
     if op == Op.WRMSR_GLOBAL_CTRL:

@@ -43,6 +43,36 @@ pub struct Pmu {
     /// it uses for the key index, and one pointer fewer is reloaded from the stack each
     /// record (57.4 against 59.1 instructions a record, 1.5% to 5% faster).
     pub(crate) steady: StretchMasks,
+    /// The factors of the last counting decision (`retire`, `count_events`), for
+    /// `crate::explain`. Nothing reads it while replaying: writing it costs a few stores.
+    pub(crate) decision: Decision,
+}
+
+/// The factors of one counting decision, each a mask over the PMCs, as they were when the
+/// instruction retired or the RUN counted: what was counted is the AND of them (model.md
+/// sections 5 and 6). `crate::explain` names the factor that ruled a PMC out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether decisions are kept at all (off but while explaining: one predictable branch).
+    pub keep: bool,
+    /// Whether a decision was made since `made` was last cleared.
+    pub made: bool,
+    /// The selectors' EN bits.
+    pub en: u8,
+    /// What the model allowed: `emul_ok` or `eventsel_hw` EN (KVM); EN and the mode rule, and
+    /// the filter for a RUN (`arch`).
+    pub allowed: u8,
+    pub global: u8,
+    pub filter: u8,
+    /// OS/USR against the CPL.
+    pub cpl: u8,
+    /// The selectors that count the event (instructions or branches retired, a RUN's key).
+    pub event: u8,
+    /// The selectors' H and G bits, and the mode (svme, guest) of the shared state.
+    pub host_only: u8,
+    pub guest_only: u8,
+    pub svme: bool,
+    pub guest: bool,
 }
 
 impl Pmu {
@@ -70,7 +100,35 @@ impl Pmu {
             filter_ok: all,
             ctr: Counters::new(),
             steady: StretchMasks::default(),
+            decision: Decision::default(),
         }
+    }
+
+    /// Keep the factors of a counting decision (see [`Decision`]) when asked to.
+    #[inline(always)]
+    fn decide(&mut self, allowed: u8, cpl: u8, event: u8) {
+        if self.decision.keep {
+            self.keep_decision(allowed, cpl, event);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn keep_decision(&mut self, allowed: u8, cpl: u8, event: u8) {
+        self.decision = Decision {
+            keep: true,
+            made: true,
+            en: self.en,
+            allowed,
+            global: self.global_ctrl,
+            filter: self.filter_ok,
+            cpl,
+            event,
+            host_only: self.host_only,
+            guest_only: self.guest_only,
+            svme: self.svme,
+            guest: self.guest,
+        };
     }
 
     /// The filter in force, as SET_FILTER's (action, key): the VM's, which RESET keeps
@@ -189,10 +247,13 @@ impl Pmu {
     /// at that CPL (model.md sections 4 to 6). Returns the PMCs it counted on.
     #[inline(always)]
     pub fn retire(&mut self, allowed: u8, cpl: u8, branch: bool) -> u8 {
-        let base = allowed & self.global_ctrl & self.filter_ok & self.cpl_match(cpl);
+        let cpl_ok = self.cpl_match(cpl);
+        let base = allowed & self.global_ctrl & self.filter_ok & cpl_ok;
         // instructions and branches retired are different keys: one add covers both.
         let branch_mask = self.branch & (branch as u8).wrapping_neg();
-        let m = base & (self.instr | branch_mask);
+        let event = self.instr | branch_mask;
+        let m = base & event;
+        self.decide(allowed, cpl_ok, event);
         self.add(m, 1);
         m
     }
@@ -202,11 +263,9 @@ impl Pmu {
     /// counted on (none for `n = 0`).
     #[inline(always)]
     pub fn count_events(&mut self, allowed: u8, key: u32, cpl: u8, n: u64) -> u8 {
-        let m = allowed
-            & self.global_ctrl
-            & self.key_match(key)
-            & self.cpl_match(cpl)
-            & ((n != 0) as u8).wrapping_neg();
+        let (event, cpl_ok) = (self.key_match(key), self.cpl_match(cpl));
+        let m = allowed & self.global_ctrl & event & cpl_ok & ((n != 0) as u8).wrapping_neg();
+        self.decide(allowed, cpl_ok, event);
         self.add(m, n);
         m
     }

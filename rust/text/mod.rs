@@ -23,6 +23,13 @@ mod write;
 
 pub use write::{write, HEADER};
 
+/// A selector value as the text format writes it: `EN|OS|USR|G|event=0xc0`.
+pub fn selector_text(value: u64) -> String {
+    let mut out = Vec::new();
+    write::selector(&mut out, value);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 use crate::model::op;
 use crate::trace::{uses_cpl, uses_key, uses_pmc, uses_value, TraceBuf};
 

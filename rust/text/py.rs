@@ -33,3 +33,9 @@ pub fn write_text<'py>(py: Python<'py>, columns: Columns<'py>) -> PyResult<Bound
         }
     }
 }
+
+/// selector_text(value) -> str: a selector as the text format writes it.
+#[pyfunction]
+pub fn selector_text(value: u64) -> String {
+    super::selector_text(value)
+}

@@ -22,7 +22,7 @@ fn column(t: &TraceRef<'_>, i: usize, c: Column) -> u64 {
 
 /// A selector as `EN|OS|USR|G|event=0xc0`: its named bits, its event and unit mask, and any
 /// other bits as one hex number.
-fn selector(out: &mut Vec<u8>, value: u64) {
+pub(crate) fn selector(out: &mut Vec<u8>, value: u64) {
     if value == 0 {
         out.push(b'0');
         return;
