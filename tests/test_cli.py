@@ -26,7 +26,7 @@ def seed_trace():
 def test_replay_prints_both_models_and_the_divergence(tmp_path, capsys):
     path = tmp_path / "seed.npz"
     seed_trace().save(path)
-    assert main(["replay", str(path), "--policy", "v4"]) == 0
+    assert main(["replay", str(path), "--policy", "v4"]) == 1  # 1: the models diverge
     out = capsys.readouterr().out
     assert "reads: 1003" in out
     assert "reads: 1001" in out
@@ -36,7 +36,7 @@ def test_replay_prints_both_models_and_the_divergence(tmp_path, capsys):
 def test_replay_with_a_knob_override(tmp_path, capsys):
     path = tmp_path / "seed.npz"
     seed_trace().save(path)
-    assert main(["replay", str(path), "--set", "vmrun_order=before_entry"]) == 0
+    assert main(["replay", str(path), "--set", "vmrun_order=before_entry"]) == 1
     assert "reads: 1000" in capsys.readouterr().out
 
 
@@ -77,3 +77,28 @@ def test_version_and_help(capsys):
     assert svmpmu.__version__ in capsys.readouterr().out
     assert main([]) == 2
     assert "fuzz" in capsys.readouterr().out
+
+
+def test_replay_exits_0_when_the_models_agree(tmp_path):
+    path = tmp_path / "seed.npz"
+    seed_trace().save(path)
+    assert main(["replay", str(path), "--policy", "final"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "enabling_wrmsr=new"], "final is a KVM policy and does not read enabling_wrmsr"),
+        (["--set-reference", "vmexit_timing=deferred"], "arch is the reference"),
+        (["--policy", "arch", "--set", "svme0=ignore"], "go to --set-reference"),
+    ],
+)
+def test_a_knob_of_the_other_model_is_refused(args, message, capsys):
+    assert main(["replay", "worked-example", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_override_makes_the_other_knobs_valid(capsys):
+    args = ["--policy", "final", "--set", "model=arch", "--set", "vmrun_retire=host"]
+    assert main(["replay", "worked-example", *args]) == 1  # VMRUN leaves the G counter
+    assert "reads: 1000" in capsys.readouterr().out

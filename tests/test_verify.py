@@ -285,7 +285,7 @@ def test_cli_verify_with_the_documented_choices_aligned_prints_equivalent(capsys
 
 
 def test_cli_verify_v4_summary_lists_a_vmrun_class(capsys):
-    assert main(["verify", "--policy", "v4", "--summary", "--no-progress"]) == 0
+    assert main(["verify", "--policy", "v4", "--summary", "--no-progress"]) == 1  # diverges
     out = capsys.readouterr().out
     assert f"DIVERGES: {len(verdict('v4').classes)} classes" in out
     assert "VMRUN:H:host:guest:policy" in out
@@ -294,7 +294,7 @@ def test_cli_verify_v4_summary_lists_a_vmrun_class(capsys):
 
 
 def test_cli_verify_prints_witnesses_without_summary(capsys):
-    assert main(["verify", "--policy", "final", "--no-progress"]) == 0
+    assert main(["verify", "--policy", "final", "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert out.count("shortest witness, ") == len(verdict("final").classes)
     assert "<- policy counts on PMC 0" in out
@@ -318,7 +318,14 @@ def test_cli_verify_ignore_every_class_of_final(capsys):
 
 
 def test_cli_verify_max_states_prints_bounded(capsys):
-    assert main(["verify", "--max-states", "10", "--no-progress", "--summary"]) == 0
+    # final's first classes are within 10 states: it diverges (1), bounded or not.
+    assert main(["verify", "--max-states", "10", "--no-progress", "--summary"]) == 1
+    assert "BOUNDED" in capsys.readouterr().out
+
+
+def test_cli_verify_bounded_without_a_divergence_is_inconclusive(capsys):
+    args = ["verify", "--policy", "arch", "--max-states", "10", "--no-progress", "--summary"]
+    assert main(args) == 3
     assert "BOUNDED" in capsys.readouterr().out
 
 
@@ -335,7 +342,7 @@ def test_cli_verify_bad_arguments_exit_2_with_one_line(args, capsys):
 
 
 def test_cli_verify_json_to_stdout(capsys):
-    assert main(["verify", "--policy", "v4", "--json", "-", "--no-progress"]) == 0
+    assert main(["verify", "--policy", "v4", "--json", "-", "--no-progress"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {
         "policy",

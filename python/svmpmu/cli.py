@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
@@ -16,11 +17,46 @@ from ._api import compare, generate, simulate
 from .cli_files import load_trace, register, text_line, trace_arguments
 from .errors import PolicyError, TraceError
 from .explain import explain
+from .files import atomic_write
 from .fuzz import FuzzReport, fuzz
-from .policy import KNOB_VALUES, PRESETS, KnobValue, Policy, resolve_policy
+from .policy import (
+    KNOB_VALUES,
+    PRESETS,
+    REFERENCE_KNOBS,
+    KnobValue,
+    Policy,
+    knobs_of,
+    resolve_policy,
+)
 from .verify import Verdict, verify
 
 __all__ = ["main"]
+
+EXIT_AGREE = 0
+"""The models agree (replay, explain, fuzz: no divergence; verify: equivalent, a proof)."""
+EXIT_DIVERGES = 1
+"""The models diverge (a divergence, a class, a diverging READ)."""
+EXIT_USAGE = 2
+"""A usage error or a bad input: a bad option, a file that cannot be read, a bad trace."""
+EXIT_ORACLE = 3
+"""``fuzz --check-oracle``: the Rust core and the oracle disagree (a bug in svmpmu)."""
+EXIT_INCONCLUSIVE = 3
+"""``verify --max-states``: the bound was reached before a divergence was found."""
+EXIT_INTERRUPTED = 130
+"""``fuzz`` interrupted (SIGINT): the report covers the traces done."""
+
+
+EXIT_HELP = (
+    "exit status: 0 the models agree (verify: equivalent), 1 they diverge, 2 a usage error or"
+    " a bad input, 3 fuzz --check-oracle found the core and the oracle disagreeing or verify"
+    " --max-states stopped before finding a divergence, 130 interrupted"
+)
+
+
+def _write_json(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _knob(text: str) -> tuple[str, KnobValue]:
@@ -42,15 +78,33 @@ def _knob(text: str) -> tuple[str, KnobValue]:
     return name, value
 
 
-def _policy(preset: str, overrides: list[tuple[str, KnobValue]]) -> Policy:
-    """A preset with some knobs overridden."""
+def _policy(preset: str, overrides: list[tuple[str, KnobValue]], option: str = "--set") -> Policy:
+    """A preset with some knobs overridden; a knob the chosen model does not read is an error
+    (it would change nothing), naming the option that sets the other model's knobs."""
     knobs: dict[str, Any] = dict(overrides)
-    return dataclasses.replace(resolve_policy(preset), **knobs)
+    base = resolve_policy(preset)
+    model = str(knobs.get("model", base.model))
+    other = "--set-reference" if option == "--set" else "--set"
+    for name in knobs:
+        if name not in knobs_of(model):
+            whose = "the reference's (arch)" if name in REFERENCE_KNOBS else "a KVM policy's"
+            what = "the reference" if model == "arch" else "a KVM policy"
+            raise PolicyError(
+                f"{option} {name}=...: {preset} is {what}"
+                f" and does not read {name}, which is {whose} knob; it would change nothing"
+                f" (the other model's knobs go to {other})"
+            )
+    return dataclasses.replace(base, **knobs)
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
     """The policy of ``--policy`` with the ``--set`` overrides."""
     return _policy(args.policy, args.policy_knobs)
+
+
+def reference_from_args(args: argparse.Namespace, preset: str) -> Policy:
+    """The reference ``preset`` with the ``--set-reference`` overrides."""
+    return _policy(preset, args.reference_knobs, "--set-reference")
 
 
 def knob_option(
@@ -93,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "fuzz",
+        epilog=EXIT_HELP,
         help="fuzz a policy against a reference and print the divergence classes",
         description="Generate random valid traces, replay each through POLICY and REFERENCE, "
         "group the divergences into classes and shrink one trace of each class to a minimal "
@@ -134,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser(
         "verify",
+        epilog=EXIT_HELP,
         help="explore every trace of a policy against a reference: a proof, or the shortest "
         "counterexample of every class",
         description="Compile POLICY and REFERENCE into one finite automaton over their decision "
@@ -186,6 +242,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "replay",
+        epilog=EXIT_HELP,
         help="replay a trace file through a policy and compare with a reference",
         description="Replay a trace (a text trace, an .npz written by Trace.save, a KVM"
         " trace-event capture, or a shipped scenario) through a policy and a reference.",
@@ -196,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser(
         "explain",
+        epilog=EXIT_HELP,
         help="explain every record: what each model counted, and why not",
         description="Replay a trace through a policy and a reference side by side and print"
         " every record: the mode before and after, what each model counted on it and, for a"
@@ -252,7 +310,7 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
     from tqdm import tqdm
 
     policy = _policy(args.policy, args.policy_knobs)
-    reference = _policy(args.reference, args.reference_knobs)
+    reference = reference_from_args(args, args.reference)
     if args.traces < 0 or args.length < 0:
         raise ValueError("--traces and --length must not be negative")
     bar = tqdm(
@@ -287,13 +345,14 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
     else:
         print(report.format(counterexamples=not args.summary), file=out)
         if args.json:
-            with Path(args.json).open("w") as fh:
-                fh.write(report.to_json(indent=2))
-    status = 0 if report.complete else 130
+            _write_json(args.json, report.to_json(indent=2))
+    status = EXIT_DIVERGES if report.classes else EXIT_AGREE
+    if not report.complete:
+        status = EXIT_INTERRUPTED
     if args.check_oracle and _check_oracle(
         report, args.check_oracle, sys.stderr if args.json == "-" else out
     ):
-        status = 1
+        status = EXIT_ORACLE
     return status
 
 
@@ -304,7 +363,7 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     if args.matrix:
         return _matrix(args, out)
     policy = _policy(args.policy, args.policy_knobs)
-    reference = _policy(args.reference, args.reference_knobs)
+    reference = reference_from_args(args, args.reference)
     bar = tqdm(
         unit=" states",
         unit_scale=True,
@@ -330,7 +389,9 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         bar.close()
     _write_verdict(verdict, args, out)
-    return 0
+    if verdict.diverging_classes:
+        return EXIT_DIVERGES
+    return EXIT_INCONCLUSIVE if verdict.bounded else EXIT_AGREE
 
 
 def _write_verdict(verdict: Verdict, args: argparse.Namespace, out: TextIO) -> None:
@@ -340,8 +401,7 @@ def _write_verdict(verdict: Verdict, args: argparse.Namespace, out: TextIO) -> N
         return
     print(verdict.format(witnesses=not args.summary), file=out)
     if args.json:
-        with Path(args.json).open("w") as fh:
-            fh.write(verdict.to_json(indent=2))
+        _write_json(args.json, verdict.to_json(indent=2))
 
 
 def _matrix(args: argparse.Namespace, out: TextIO) -> int:
@@ -375,16 +435,15 @@ def _matrix(args: argparse.Namespace, out: TextIO) -> int:
         if args.json == "-":
             print(text, file=out)
         else:
-            with Path(args.json).open("w") as fh:
-                fh.write(text)
-    return 0
+            _write_json(args.json, text)
+    return EXIT_AGREE
 
 
 def _replay(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu replay``."""
     trace = load_trace(args)
     policy = policy_from_args(args)
-    reference = _policy(args.reference, args.reference_knobs)
+    reference = reference_from_args(args, args.reference)
     try:
         c = compare(trace, policy, reference, n_pmcs=args.n_pmcs)
     except TraceError as e:
@@ -394,14 +453,18 @@ def _replay(args: argparse.Namespace, out: TextIO) -> int:
     print(f"reference {reference}:", file=out)
     print(c.reference.format(), file=out)
     print(c.format(), file=out)
-    return 0
+    e = explain(trace, policy, reference, n_pmcs=args.n_pmcs)
+    if e.diverges:
+        print("\nwhere they part (svmpmu explain shows every record):", file=out)
+        print("\n".join(e.format(limit=None, parting_only=True).splitlines()[1:]), file=out)
+    return EXIT_DIVERGES if c.diverges else EXIT_AGREE
 
 
 def _explain(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu explain``: exit 1 when the models part."""
     trace = load_trace(args)
     policy = policy_from_args(args)
-    reference = _policy(args.vs, args.reference_knobs)
+    reference = reference_from_args(args, args.vs)
     try:
         e = explain(trace, policy, reference, n_pmcs=args.n_pmcs)
     except TraceError as err:
@@ -444,6 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.file_commands[args.command](args, out))
         parser.print_help(out)
         return 2
+    except BrokenPipeError:  # the output went to a pager or `head` that stopped reading
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_USAGE
     except (PolicyError, TraceError, ValueError, OSError, MemoryError) as e:
         print(f"svmpmu: error: {e}", file=sys.stderr)
         return 2

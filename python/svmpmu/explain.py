@@ -126,12 +126,14 @@ class Explanation:
         counted = (a in _COUNTED) != (b in _COUNTED)
         return counted or a != b or a not in _QUIET or b not in _QUIET
 
-    def format(self, limit: int | None = 200, *, every_pmc: bool = False) -> str:
+    def format(
+        self, limit: int | None = 200, *, every_pmc: bool = False, parting_only: bool = False
+    ) -> str:
         """The records, each with its mode change, the PMCs each model counted on or why not,
         the ``eventsel_hw`` changes and READ values; ``>>`` marks the first divergence and
         ``<>`` every other record where the models part. At most ``limit`` records (None:
         all); PMCs neither model counts and that no rule of interest ruled out are left out
-        unless ``every_pmc``."""
+        unless ``every_pmc``; with ``parting_only``, only the records where the models part."""
         names = (str(self.policy), str(self.reference))
         width = max(len(n) for n in names)
         lines = [
@@ -150,6 +152,10 @@ class Explanation:
             if limit is not None and k >= limit:
                 lines.append(f"... {len(self.trace) - limit} more records")
                 break
+            if parting_only and k not in parting:
+                read_index += record[0] == Op.READ
+                previous = self.eventsel_hw[k]
+                continue
             mark = (">>" if k == self.first_divergence else "<>") if k in parting else "  "
             before, after = int(self.mode_before[k]), int(self.mode_after[k])
             mode = MODE_NAMES[before] + (f" -> {MODE_NAMES[after]}" if after != before else "")

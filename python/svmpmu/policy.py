@@ -22,6 +22,7 @@ from .errors import PolicyError
 __all__ = [
     "KNOB_VALUES",
     "PRESETS",
+    "REFERENCE_KNOBS",
     "Attribution",
     "Context",
     "Hg",
@@ -32,6 +33,7 @@ __all__ = [
     "Svme0",
     "Timing",
     "VmrunOrder",
+    "knobs_of",
     "resolve_policy",
 ]
 
@@ -270,6 +272,23 @@ def _preset(values: tuple[str, ...]) -> Policy:
 
 PRESETS: dict[str, Policy] = {name: _preset(values) for name, values in _core.PRESETS.items()}
 """The presets of model.md section 7, by name, in the core's order (``svmpmu._core.PRESETS``)."""
+
+REFERENCE_KNOBS: tuple[str, ...] = (
+    "enabling_wrmsr",
+    "efer_retire",
+    "vmrun_retire",
+    "failed_vmrun_retire",
+)
+"""The knobs only the reference (``model="arch"``) reads; every other knob but ``model`` is
+read only by the KVM model."""
+
+
+def knobs_of(model: str) -> tuple[str, ...]:
+    """The knobs a model reads: ``"arch"`` the reference knobs, ``"kvm"`` the others (and
+    both ``model`` itself)."""
+    own = [k for k in KNOB_VALUES if k != "model" and (k in REFERENCE_KNOBS) == (model == "arch")]
+    return ("model", *own)
+
 
 PolicyLike = Union[Policy, str]
 """A :class:`Policy` or the name of a preset."""

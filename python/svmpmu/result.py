@@ -50,10 +50,12 @@ class Result:
 
     def format(self) -> str:
         """A per-PMC table of the final values, and the READ values."""
-        lines = [f"{'pmc':>3}  {'counter':>16}  {'eventsel_hw':>18}  {'overflows':>9}  {'pmis':>5}"]
+        from .trace import selector_text
+
+        lines = [f"{'pmc':>3}  {'counter':>16}  {'overflows':>9}  {'pmis':>5}  eventsel_hw"]
         lines.extend(
-            f"{i:>3}  {int(self.counters[i]):>16}  {int(self.eventsel_hw[i]):#18x}  "
-            f"{int(self.overflows[i]):>9}  {int(self.pmis[i]):>5}"
+            f"{i:>3}  {int(self.counters[i]):>16}  {int(self.overflows[i]):>9}  "
+            f"{int(self.pmis[i]):>5}  {selector_text(int(self.eventsel_hw[i]))}"
             for i in range(self.n_pmcs)
         )
         lines.append("reads: " + (", ".join(str(int(v)) for v in self.reads) or "none"))
