@@ -147,14 +147,14 @@ def test_cli_scenarios_lists_names_and_paths(capsys):
 
 
 def test_cli_replays_a_scenario_by_name(capsys):
-    assert main(["replay", "worked-example", "--policy", "v4"]) == 0
+    assert main(["replay", "worked-example", "--policy", "v4"]) == 1
     out = capsys.readouterr().out
     assert "reads: 1003" in out
     assert "reads: 1001" in out
 
 
 def test_cli_replay_takes_set_reference(capsys):
-    assert main(["replay", "worked-example", "--set-reference", "vmrun_retire=host"]) == 0
+    assert main(["replay", "worked-example", "--set-reference", "vmrun_retire=host"]) == 1
     out = capsys.readouterr().out
     assert "reads: 1000" in out  # arch with VMRUN retired in the host: G does not count it
 
