@@ -81,7 +81,10 @@ pub(crate) mod python {
     }
 
     /// The policy and the reference of a comparison.
-    pub(crate) fn policy_pair(p: &Bound<'_, PyAny>, q: &Bound<'_, PyAny>) -> PyResult<(Policy, Policy)> {
+    pub(crate) fn policy_pair(
+        p: &Bound<'_, PyAny>,
+        q: &Bound<'_, PyAny>,
+    ) -> PyResult<(Policy, Policy)> {
         Ok((policy_from_py(p)?, policy_from_py(q)?))
     }
 
@@ -407,7 +410,7 @@ pub(crate) mod python {
     /// fuzz_range(policy, reference, seed, length, n_pmcs, mix, start, end, threads)
     ///   -> (traces, records, diverging, [(signature, count, first_trace)])
     #[pyfunction]
-    #[pyo3(signature = (policy, reference, seed, length, n_pmcs, mix, start, end, threads=None))]
+    #[pyo3(signature = (policy, reference, seed, length, n_pmcs, mix, start, end, threads=None, baseline=None))]
     #[allow(clippy::too_many_arguments)]
     fn fuzz_range<'py>(
         py: Python<'py>,
@@ -420,6 +423,7 @@ pub(crate) mod python {
         start: u64,
         end: u64,
         threads: Option<usize>,
+        baseline: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (policy, reference) = policy_pair(policy, reference)?;
         let spec = FuzzSpec {
@@ -428,6 +432,7 @@ pub(crate) mod python {
             generator: generator(py, mix, n_pmcs)?,
             seed,
             length,
+            baseline: baseline.map(policy_from_py).transpose()?,
         };
         if end < start {
             return Err(PyValueError::new_err("end < start"));
@@ -439,7 +444,11 @@ pub(crate) mod python {
         for (sig, c) in &tally.classes {
             classes.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
         }
-        (tally.traces, tally.records, tally.diverging, classes).into_pyobject(py)
+        let gone = PyList::empty(py);
+        for (sig, c) in &tally.gone {
+            gone.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
+        }
+        (tally.traces, tally.records, tally.diverging, classes, gone).into_pyobject(py)
     }
 
     /// verify(policy, reference, n_pmcs, ignore, max_states, progress, threads) ->
@@ -523,8 +532,10 @@ pub(crate) mod python {
         Ok(out)
     }
 
-    /// shrink(columns, signature, policy, reference, n_pmcs) -> columns
+    /// shrink(columns, signature, policy, reference, n_pmcs, baseline=None) -> columns; with a
+    /// baseline, the shrunk trace also keeps the baseline from showing the class.
     #[pyfunction]
+    #[pyo3(signature = (columns, signature, policy, reference, n_pmcs, baseline=None))]
     fn shrink<'py>(
         py: Python<'py>,
         columns: Columns<'py>,
@@ -532,11 +543,13 @@ pub(crate) mod python {
         policy: &Bound<'py, PyAny>,
         reference: &Bound<'py, PyAny>,
         n_pmcs: usize,
+        baseline: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (p, q) = policy_pair(policy, reference)?;
+        let b = baseline.map(policy_from_py).transpose()?;
         let t = borrow_valid(py, &columns, n_pmcs)?;
         let sig = sig_from(signature);
-        let buf = py.detach(|| fuzz::shrink(&t, sig, &p, &q, n_pmcs));
+        let buf = py.detach(|| fuzz::shrink_against(&t, sig, &p, &q, b.as_ref(), n_pmcs));
         columns_tuple(py, buf)
     }
 

@@ -91,7 +91,8 @@ def fuzz_range(
     start: int,
     end: int,
     threads: int | None = None,
-) -> tuple[int, int, int, list[tuple[_Signature, int, int]]]: ...
+    baseline: _Knobs | None = None,
+) -> tuple[int, int, int, list[tuple[_Signature, int, int]], list[tuple[_Signature, int, int]]]: ...
 def signatures(
     columns: _Columns, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> list[_Signature]: ...
@@ -105,7 +106,12 @@ def verify(
     threads: int | None = None,
 ) -> tuple[bool, bool, int, int, int, list[tuple[_Signature, _Columns, int, bool]]]: ...
 def shrink(
-    columns: _Columns, signature: _Signature, policy: _Knobs, reference: _Knobs, n_pmcs: int
+    columns: _Columns,
+    signature: _Signature,
+    policy: _Knobs,
+    reference: _Knobs,
+    n_pmcs: int,
+    baseline: _Knobs | None = None,
 ) -> _Columns: ...
 def read_text(data: bytes) -> _Columns: ...
 def write_text(columns: _Columns) -> bytes: ...

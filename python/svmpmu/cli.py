@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import numpy as np
+
 from . import __version__
 from ._api import compare, generate, simulate
 from .cli_files import load_trace, register, text_line, trace_arguments
@@ -134,6 +136,14 @@ def _model_options(parser: argparse.ArgumentParser, set_example: str) -> None:
     )
     knob_option(parser, "--set", "policy_knobs", "policy", set_example)
     knob_option(parser, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="PRESET",
+        help="diff the policy against this design on the same traces: the classes one shows"
+        " where the other does not (exit status 1 when they differ)",
+    )
+    knob_option(parser, "--set-baseline", "baseline_knobs", "baseline", "vmexit_timing=sync")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -337,6 +347,7 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
             threads=args.threads,
             n_pmcs=args.n_pmcs,
             progress=progress,
+            baseline=_baseline(args),
         )
     finally:
         bar.close()
@@ -346,7 +357,7 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
         print(report.format(counterexamples=not args.summary), file=out)
         if args.json:
             _write_json(args.json, report.to_json(indent=2))
-    status = EXIT_DIVERGES if report.classes else EXIT_AGREE
+    status = EXIT_DIVERGES if report.classes or report.gone else EXIT_AGREE
     if not report.complete:
         status = EXIT_INTERRUPTED
     if args.check_oracle and _check_oracle(
@@ -388,10 +399,56 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         )
     finally:
         bar.close()
+    base = _baseline(args)
+    if base is not None:
+        return _verify_against(verdict, base, args, out)
     _write_verdict(verdict, args, out)
     if verdict.diverging_classes:
         return EXIT_DIVERGES
     return EXIT_INCONCLUSIVE if verdict.bounded else EXIT_AGREE
+
+
+def _baseline(args: argparse.Namespace) -> Policy | None:
+    """The design of ``--baseline`` with its ``--set-baseline`` overrides, or None."""
+    if args.baseline is None:
+        if args.baseline_knobs:
+            raise PolicyError("--set-baseline needs --baseline")
+        return None
+    return _policy(args.baseline, args.baseline_knobs, "--set-baseline")
+
+
+def _verify_against(verdict: Verdict, base: Policy, args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu verify --baseline``: the policy explored against the baseline design itself,
+    so every record where the two designs count differently is a class (with its shortest
+    witness), whether or not the reference's classes tell them apart; for each, which design
+    the reference agrees with on the witness."""
+    diff = verify(
+        verdict.policy,
+        base,
+        n_pmcs=args.n_pmcs,
+        max_states=args.max_states,
+        threads=args.threads,
+    )
+    reference = verdict.reference
+    print(
+        f"svmpmu verify: {verdict.policy} against the baseline {base} ({len(verdict.classes)}"
+        f" classes against {reference}); where the two designs count differently:",
+        file=out,
+    )
+    print(diff.format(witnesses=not args.summary), file=out)
+    if diff.classes:
+        print(f"\nwhich design {reference} agrees with, on each witness:", file=out)
+    for c in diff.classes:
+        ref = simulate(c.witness, reference, n_pmcs=args.n_pmcs)
+        mine = simulate(c.witness, verdict.policy, n_pmcs=args.n_pmcs)
+        theirs = simulate(c.witness, base, n_pmcs=args.n_pmcs)
+        agrees = [
+            name
+            for name, r in ((str(verdict.policy), mine), (f"the baseline {base}", theirs))
+            if np.array_equal(r.counters, ref.counters) and np.array_equal(r.reads, ref.reads)
+        ]
+        print(f"  {c.signature.name:40}  {' and '.join(agrees) or 'neither'}", file=out)
+    return EXIT_DIVERGES if diff.classes else EXIT_AGREE
 
 
 def _write_verdict(verdict: Verdict, args: argparse.Namespace, out: TextIO) -> None:
@@ -453,10 +510,10 @@ def _replay(args: argparse.Namespace, out: TextIO) -> int:
     print(f"reference {reference}:", file=out)
     print(c.reference.format(), file=out)
     print(c.format(), file=out)
-    e = explain(trace, policy, reference, n_pmcs=args.n_pmcs)
-    if e.diverges:
+    parts = explain(trace, policy, reference, n_pmcs=args.n_pmcs)
+    if parts.diverges:
         print("\nwhere they part (svmpmu explain shows every record):", file=out)
-        print("\n".join(e.format(limit=None, parting_only=True).splitlines()[1:]), file=out)
+        print("\n".join(parts.format(limit=None, parting_only=True).splitlines()[1:]), file=out)
     return EXIT_DIVERGES if c.diverges else EXIT_AGREE
 
 

@@ -134,6 +134,30 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _export_selftest(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu export-selftest``."""
+    from .export import write_export
+
+    trace = load_trace(args)
+    if args.format == "selftest":
+        name = args.name or pathlib.Path(args.output).stem.replace("-", "_")
+        options = {"name": name, "model": args.model, "n_pmcs": args.n_pmcs, "source": args.trace}
+        write_export(trace, args.output, format="selftest", **options)
+    else:
+        write_export(trace, args.output, format=args.format)
+    print(f"{args.output}: {len(trace)} records as {args.format}", file=out)
+    return 0
+
+
+def _diff(args: argparse.Namespace, out: TextIO) -> int:
+    """``svmpmu diff``: exit 1 when the reports show different classes."""
+    from .reports import diff_reports, load_report
+
+    d = diff_reports(load_report(args.a), load_report(args.b), (args.a, args.b))
+    print(d.format(), file=out)
+    return 1 if d.differ else 0
+
+
 def _scenarios(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu scenarios``."""
     for name, title in scenarios().items():
@@ -206,6 +230,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     e.add_argument("--perfetto", required=True, metavar="OUT.json", help="the JSON file")
     _picture_options(e)
 
+    x = sub.add_parser(
+        "export-selftest",
+        help="export a trace as a KVM selftest (C), as TraceBuilder code or as text",
+        description="Write a KVM selftest in the style of svm_pmu_host_guest_test.c that"
+        " replays the trace on an AMD host with nested SVM and asserts each READ against the"
+        " counts of a model (arch by default), so that running it shows which model the"
+        " hardware and the kernel agree with. Records a selftest cannot replay faithfully"
+        " are refused with the reason (docs/selftest-export.md).",
+    )
+    trace_arguments(x)
+    x.add_argument("-o", "--output", required=True, help="the file to write (NAME.c)")
+    x.add_argument(
+        "--name", default=None, help="the test's name, a C identifier (default: the file's stem)"
+    )
+    x.add_argument(
+        "--model", default="arch", help="the preset whose counts the asserts expect (arch)"
+    )
+    x.add_argument(
+        "--format",
+        choices=("selftest", "python", "text"),
+        default="selftest",
+        help="selftest (C, the default), python (TraceBuilder code) or text (a text trace)",
+    )
+    x.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
+
+    d = sub.add_parser(
+        "diff",
+        help="compare two saved reports (svmpmu fuzz/verify --json)",
+        description="The classes one report shows and the other does not, and for fuzz"
+        " reports the classes whose number of traces changed. A class-level diff: to compare"
+        " two designs trace by trace, use svmpmu fuzz --baseline. Exit status: 0 the same"
+        " classes with the same counts, 1 they differ, 2 an error.",
+    )
+    d.add_argument("a", metavar="A.json", help="the first report")
+    d.add_argument("b", metavar="B.json", help="the second report")
+
     s = sub.add_parser(
         "scenarios",
         help="list the scenario files shipped with svmpmu",
@@ -219,4 +279,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
         "plot": _plot,
         "export": _export,
         "scenarios": _scenarios,
+        "diff": _diff,
+        "export-selftest": _export_selftest,
     }

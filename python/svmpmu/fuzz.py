@@ -140,6 +140,7 @@ class DivergenceClass:
         counts of both models."""
         c = self.comparison
         return {
+            "name": self.signature.name,
             "signature": {
                 "op": Op(self.signature.op).name,
                 "hg": _HG[self.signature.hg],
@@ -220,6 +221,13 @@ class FuzzReport:
     seconds: float
     complete: bool = True
     mix: Mix = field(default_factory=Mix, repr=False)
+    baseline: Policy | None = None
+    """With ``fuzz(..., baseline=B)``: the policy diffed against. ``classes`` then holds only
+    the classes the policy shows on a trace where ``B`` does not show them (``count`` such
+    traces), and ``gone`` the reverse."""
+    gone: tuple[DivergenceClass, ...] = ()
+    """With a baseline: the classes ``B`` shows on a trace where the policy does not (their
+    reproducers and counts are ``B``'s against the reference)."""
 
     @property
     def records_per_second(self) -> float:
@@ -228,29 +236,55 @@ class FuzzReport:
 
     def format(self, counterexamples: bool = True) -> str:
         """The report as a table of classes, then each class's counterexample."""
+        against = f", baseline {self.baseline}" if self.baseline is not None else ""
         head = (
-            f"svmpmu fuzz: policy {self.policy} vs reference {self.reference}, seed {self.seed}, "
-            f"{self.traces} traces x {self.length} records"
+            f"svmpmu fuzz: policy {self.policy} vs reference {self.reference}{against}, "
+            f"seed {self.seed}, {self.traces} traces x {self.length} records"
             + ("" if self.complete else f" (interrupted: {self.traces} of {self.requested})")
         )
-        lines = [
-            head,
-            (
-                f"{self.diverging} diverging traces ({self.diverging / max(self.traces, 1):.2%}), "
-                f"{len(self.classes)} classes; {self.records_per_second / 1e6:.1f} M records/s"
-            ),
-        ]
-        if self.classes:
-            lines.append("")
-            lines.append(f"{'#':>3}  {'traces':>9}  {'min':>3}  class")
-            for k, c in enumerate(self.classes):
-                lines.append(
-                    f"{k:>3}  {c.count:>9}  {len(c.reproducer):>3}  {c.signature.describe()}"
+        share = self.diverging / max(self.traces, 1)
+        lines = [head]
+        if self.baseline is None:
+            lines.append(
+                f"{self.diverging} diverging traces ({share:.2%}), {len(self.classes)} classes;"
+                f" {self.records_per_second / 1e6:.1f} M records/s"
+            )
+            sections = [("", "", self.classes)]
+        else:
+            lines.append(
+                f"{self.diverging} traces where {self.policy} diverges ({share:.2%}); "
+                f"{self.records_per_second / 1e6:.1f} M records/s"
+            )
+            sections = [
+                (
+                    (
+                        f"{len(self.classes)} classes {self.policy} shows where {self.baseline}"
+                        " does not (traces: how many show the class under the policy only)"
+                    ),
+                    "+",
+                    self.classes,
+                ),
+                (
+                    f"{len(self.gone)} classes {self.baseline} shows where {self.policy} does not",
+                    "-",
+                    self.gone,
+                ),
+            ]
+        for title, tag, classes in sections:
+            if title:
+                lines += ["", title]
+            if classes:
+                lines.append("")
+                lines.append(f"{'#':>4}  {'traces':>9}  {'min':>3}  class")
+                lines.extend(
+                    f"{tag}{k:>3}  {c.count:>9}  {len(c.reproducer):>3}  {c.signature.describe()}"
+                    for k, c in enumerate(classes)
                 )
         if counterexamples:
-            for k, c in enumerate(self.classes):
-                lines.append("")
-                lines.append(f"[{k}] " + c.format())
+            for _title, tag, classes in sections:
+                for k, c in enumerate(classes):
+                    lines.append("")
+                    lines.append(f"[{tag}{k}] " + c.format())
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +304,8 @@ class FuzzReport:
             "complete": self.complete,
             "mix": self.mix.to_dict(),
             "classes": [c.to_dict() for c in self.classes],
+            "baseline": None if self.baseline is None else str(self.baseline),
+            "gone": [c.to_dict() for c in self.gone],
         }
 
     def to_json(self, **kwargs: Any) -> str:  # noqa: ANN401 (json.dumps's options, passed on)
@@ -289,6 +325,7 @@ def fuzz(
     mix: Mix | None = None,
     block: int = 200_000,
     progress: Callable[[int, int], None] | None = None,
+    baseline: PolicyLike | None = None,
 ) -> FuzzReport:
     """Generate ``traces`` random valid traces of ``length`` records from ``seed``, replay each
     through ``policy`` and ``reference`` in one pass in Rust, and group the diverging traces
@@ -298,8 +335,16 @@ def fuzz(
     The work runs in blocks of ``block`` traces; ``progress(done, total)`` is called after each.
     A KeyboardInterrupt between blocks stops the run and returns the partial report
     (``complete=False``). Results are the same for any ``threads`` and any ``block``.
+
+    With ``baseline`` (another policy), every trace is also replayed through the baseline
+    against the same reference, and the report diffs the two designs trace by trace:
+    ``classes`` are those the policy shows on a trace where the baseline does not (a new bug
+    shows there even when the baseline has the same class on other traces), ``gone`` the
+    reverse; each reproducer is shrunk keeping that difference.
     """
     p, q = resolve_policy(policy), resolve_policy(reference)
+    b = None if baseline is None else resolve_policy(baseline)
+    bk = None if b is None else b._core_knobs
     mix = mix if mix is not None else Mix()
     _check_run(traces, length, seed, threads)
     # Fail on a bad policy, mix or n_pmcs before any work.
@@ -307,44 +352,31 @@ def fuzz(
     _core.fuzz_range(pk, qk, seed, length, n_pmcs, mix, 0, 0, threads)
     done = records = diverging = 0
     tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
+    gone_tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
     complete = True
     start = time.perf_counter()
     try:
         while done < traces:
             end = min(done + block, traces)
-            _n, r, d, classes = _core.fuzz_range(
-                pk, qk, seed, length, n_pmcs, mix, done, end, threads
+            _n, r, d, classes, lost = _core.fuzz_range(
+                pk, qk, seed, length, n_pmcs, mix, done, end, threads, bk
             )
             records += r
             diverging += d
-            for sig, count, first in classes:
-                t = tallies.setdefault(sig, [0, first])
-                t[0] += count
-                t[1] = min(t[1], first)
+            for into, found_here in ((tallies, classes), (gone_tallies, lost)):
+                for sig, count, first in found_here:
+                    t = into.setdefault(sig, [0, first])
+                    t[0] += count
+                    t[1] = min(t[1], first)
             done = end
             if progress is not None:
                 progress(done, traces)
     except KeyboardInterrupt:
         complete = False
     seconds = time.perf_counter() - start
-    ordered = sorted(tallies.items(), key=lambda kv: (-kv[1][0], kv[0]))
-    found = []
-    for sig, (count, first) in ordered:
-        original = _regenerate(seed, first, length, n_pmcs, mix)
-        small = Trace(*_core.shrink(_columns(original), sig, pk, qk, n_pmcs))
-        columns = _columns(small)
-        found.append(
-            DivergenceClass(
-                signature=Signature(*sig),
-                count=count,
-                trace_index=first,
-                original_length=len(original),
-                reproducer=small,
-                comparison=compare(small, p, q, n_pmcs=n_pmcs),
-                policy_counted=_core.count_masks(columns, pk, n_pmcs),
-                reference_counted=_core.count_masks(columns, qk, n_pmcs),
-            )
-        )
+    run = (seed, length, n_pmcs, mix)
+    found = _classes(tallies, p, q, b, run)
+    gone = _classes(gone_tallies, b, q, p, run) if b is not None else ()
     return FuzzReport(
         policy=p,
         reference=q,
@@ -359,7 +391,52 @@ def fuzz(
         seconds=seconds,
         complete=complete,
         mix=mix,
+        baseline=b,
+        gone=gone,
     )
+
+
+def _classes(
+    tallies: dict[tuple[int, int, int, int, bool], list[int]],
+    p: Policy,
+    q: Policy,
+    without: Policy | None,
+    run: tuple[int, int, int, Mix],
+) -> tuple[DivergenceClass, ...]:
+    """The classes of ``tallies`` (``p`` against ``q``), most frequent first, each with its
+    first trace shrunk to a reproducer that keeps showing it (and, with ``without``, keeps
+    ``without`` from showing it)."""
+    seed, length, n_pmcs, mix = run
+    pk, qk = p._core_knobs, q._core_knobs
+    wk = None if without is None else without._core_knobs
+    found = []
+    for sig, (count, first) in sorted(tallies.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        original = _regenerate(seed, first, length, n_pmcs, mix)
+        small = Trace(*_core.shrink(_columns(original), sig, pk, qk, n_pmcs, wk))
+        columns = _columns(small)
+        found.append(
+            DivergenceClass(
+                signature=Signature(*sig),
+                count=count,
+                trace_index=first,
+                original_length=len(original),
+                reproducer=small,
+                comparison=compare(small, p, q, n_pmcs=n_pmcs),
+                policy_counted=_core.count_masks(columns, pk, n_pmcs),
+                reference_counted=_core.count_masks(columns, qk, n_pmcs),
+            )
+        )
+    return tuple(found)
+
+
+def signatures(
+    trace: Trace, policy: PolicyLike, reference: PolicyLike = "arch", n_pmcs: int = 6
+) -> set[Signature]:
+    """The classes ``trace`` shows between ``policy`` and ``reference`` (empty when they do
+    not diverge on it)."""
+    p, q = resolve_policy(policy), resolve_policy(reference)
+    found = _core.signatures(_columns(trace), p._core_knobs, q._core_knobs, n_pmcs)
+    return {Signature(*sig) for sig in found}
 
 
 def _regenerate(seed: int, index: int, length: int, n_pmcs: int, mix: Mix) -> Trace:

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 pub mod gen;
 mod shrink;
 
-pub use shrink::shrink;
+pub use shrink::{shrink, shrink_against};
 
 use crate::error::CoreError;
 use crate::model::{with_model, Model, Policy, GUEST_ONLY, HOST_ONLY};
@@ -202,7 +202,35 @@ pub struct Tally {
     pub traces: u64,
     pub records: u64,
     pub diverging: u64,
+    /// The classes of the policy against the reference; with a baseline, only where the
+    /// baseline does not show the class on the same trace.
     pub classes: BTreeMap<Signature, ClassTally>,
+    /// With a baseline: the classes the baseline shows on a trace where the policy does not.
+    pub gone: BTreeMap<Signature, ClassTally>,
+}
+
+fn tally_class(classes: &mut BTreeMap<Signature, ClassTally>, sig: Signature, index: u64) {
+    classes
+        .entry(sig)
+        .and_modify(|c| c.count += 1)
+        .or_insert(ClassTally {
+            count: 1,
+            first_trace: index,
+        });
+}
+
+fn merge_classes(
+    into: &mut BTreeMap<Signature, ClassTally>,
+    from: BTreeMap<Signature, ClassTally>,
+) {
+    for (sig, t) in from {
+        into.entry(sig)
+            .and_modify(|c| {
+                c.count += t.count;
+                c.first_trace = c.first_trace.min(t.first_trace);
+            })
+            .or_insert(t);
+    }
 }
 
 impl Tally {
@@ -210,15 +238,8 @@ impl Tally {
         self.traces += other.traces;
         self.records += other.records;
         self.diverging += other.diverging;
-        for (sig, t) in other.classes {
-            self.classes
-                .entry(sig)
-                .and_modify(|c| {
-                    c.count += t.count;
-                    c.first_trace = c.first_trace.min(t.first_trace);
-                })
-                .or_insert(t);
-        }
+        merge_classes(&mut self.classes, other.classes);
+        merge_classes(&mut self.gone, other.gone);
         self
     }
 }
@@ -231,6 +252,8 @@ pub struct FuzzSpec {
     pub generator: Generator,
     pub seed: u64,
     pub length: usize,
+    /// Another policy to diff against (`svmpmu fuzz --baseline`), on the same traces.
+    pub baseline: Option<Policy>,
 }
 
 /// Traces per rayon task: large enough to amortise the task, small enough to balance 2 cores.
@@ -261,18 +284,22 @@ fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError>
         };
         tally.traces += 1;
         tally.records += spec.length as u64;
-        if diverge(&trace, &spec.policy, &spec.reference, n_pmcs, &mut s) {
-            tally.diverging += 1;
+        let diverges = diverge(&trace, &spec.policy, &spec.reference, n_pmcs, &mut s);
+        tally.diverging += diverges as u64;
+        let Some(baseline) = &spec.baseline else {
             for &sig in &s.sigs {
-                tally
-                    .classes
-                    .entry(sig)
-                    .and_modify(|c| c.count += 1)
-                    .or_insert(ClassTally {
-                        count: 1,
-                        first_trace: index,
-                    });
+                tally_class(&mut tally.classes, sig, index);
             }
+            continue;
+        };
+        // The same trace against the baseline: the classes one shows and the other does not.
+        let mine = std::mem::take(&mut s.sigs);
+        diverge(&trace, baseline, &spec.reference, n_pmcs, &mut s);
+        for &sig in mine.iter().filter(|sig| !s.sigs.contains(sig)) {
+            tally_class(&mut tally.classes, sig, index);
+        }
+        for &sig in s.sigs.iter().filter(|sig| !mine.contains(sig)) {
+            tally_class(&mut tally.gone, sig, index);
         }
     }
     Ok(tally)

@@ -5,17 +5,23 @@ use super::{diverge, Scratch, Signature};
 use crate::model::{op, Policy, GUEST_ONLY, HOST_ONLY, RESERVED_BITS};
 use crate::trace::{validate, Record, TraceBuf, TraceRef};
 
-fn shows(
-    records: &[Record],
+/// What a shrunk trace must keep showing: class `sig` between `p` and `q`, and, with a
+/// `baseline`, not between the baseline and `q` (a class the policy adds to the baseline's).
+#[derive(Clone, Copy)]
+struct Target<'a> {
     sig: Signature,
-    p: &Policy,
-    q: &Policy,
+    p: &'a Policy,
+    q: &'a Policy,
+    baseline: Option<&'a Policy>,
     n_pmcs: usize,
-    s: &mut Scratch,
-) -> bool {
+}
+
+fn shows(records: &[Record], c: Target<'_>, s: &mut Scratch) -> bool {
     let buf = TraceBuf::from_records(records);
     let t = buf.as_ref();
-    validate(&t, n_pmcs).is_ok() && diverge(&t, p, q, n_pmcs, s) && s.sigs.contains(&sig)
+    let shows_in =
+        |p: &Policy, s: &mut Scratch| diverge(&t, p, c.q, c.n_pmcs, s) && s.sigs.contains(&c.sig);
+    validate(&t, c.n_pmcs).is_ok() && shows_in(c.p, s) && c.baseline.is_none_or(|b| !shows_in(b, s))
 }
 
 /// Simpler values to try for a record, most readable first.
@@ -60,9 +66,29 @@ pub fn shrink(
     q: &Policy,
     n_pmcs: usize,
 ) -> TraceBuf {
+    shrink_against(trace, sig, p, q, None, n_pmcs)
+}
+
+/// [`shrink`], keeping also that the `baseline` does not show `sig` against `q` on the trace
+/// (a class `p` adds to the baseline's, `svmpmu fuzz --baseline`).
+pub fn shrink_against(
+    trace: &TraceRef<'_>,
+    sig: Signature,
+    p: &Policy,
+    q: &Policy,
+    baseline: Option<&Policy>,
+    n_pmcs: usize,
+) -> TraceBuf {
+    let c = Target {
+        sig,
+        p,
+        q,
+        baseline,
+        n_pmcs,
+    };
     let mut s = Scratch::default();
     let mut recs: Vec<Record> = (0..trace.len()).map(|i| trace.record(i)).collect();
-    if !shows(&recs, sig, p, q, n_pmcs, &mut s) {
+    if !shows(&recs, c, &mut s) {
         return TraceBuf::from_records(&recs);
     }
     let mut size = recs.len().div_ceil(2).max(1);
@@ -74,7 +100,7 @@ pub fn shrink(
             let mut candidate = Vec::with_capacity(recs.len() - (end - start));
             candidate.extend_from_slice(&recs[..start]);
             candidate.extend_from_slice(&recs[end..]);
-            if shows(&candidate, sig, p, q, n_pmcs, &mut s) {
+            if shows(&candidate, c, &mut s) {
                 recs = candidate;
                 removed_any = true;
             } else {
@@ -92,7 +118,7 @@ pub fn shrink(
         for candidate in simpler(recs[i]) {
             let old = recs[i];
             recs[i] = candidate;
-            if shows(&recs, sig, p, q, n_pmcs, &mut s) {
+            if shows(&recs, c, &mut s) {
                 break;
             }
             recs[i] = old;
