@@ -192,9 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument(
-        "--summary",
+        "--full",
         action="store_true",
-        help="print only the table of classes, not each counterexample",
+        help="print every class's shrunk reproducer after the table (the default prints the"
+        " table of classes, each with the documented choice that explains it)",
+    )
+    f.add_argument(
+        "--summary", action="store_true", help="the table only (the default; kept for scripts)"
     )
 
     v = sub.add_parser(
@@ -354,7 +358,7 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
     if args.json == "-":
         print(report.to_json(indent=2), file=out)
     else:
-        print(report.format(counterexamples=not args.summary), file=out)
+        print(report.format(counterexamples=args.full, documented=True), file=out)
         if args.json:
             _write_json(args.json, report.to_json(indent=2))
     status = EXIT_DIVERGES if report.classes or report.gone else EXIT_AGREE

@@ -234,8 +234,10 @@ class FuzzReport:
         """Records replayed (by both models) per second of the run."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
-    def format(self, counterexamples: bool = True) -> str:
-        """The report as a table of classes, then each class's counterexample."""
+    def format(self, counterexamples: bool = True, *, documented: bool = False) -> str:
+        """The report as a table of classes, then each class's counterexample. With
+        ``documented``, each class also says which documented choice of the policy explains
+        it, or ``UNDOCUMENTED`` (:mod:`svmpmu.documented`), and a last line sums them up."""
         against = f", baseline {self.baseline}" if self.baseline is not None else ""
         head = (
             f"svmpmu fuzz: policy {self.policy} vs reference {self.reference}{against}, "
@@ -270,22 +272,61 @@ class FuzzReport:
                     self.gone,
                 ),
             ]
+        why = self._documented() if documented else {}
+        width = max((len(w) for w in why.values()), default=0)
         for title, tag, classes in sections:
             if title:
                 lines += ["", title]
             if classes:
                 lines.append("")
-                lines.append(f"{'#':>4}  {'traces':>9}  {'min':>3}  class")
+                column = f"  {'documented as':<{width}}" if why else ""
+                lines.append(f"{'#':>4}  {'traces':>9}  {'min':>3}{column}  class")
                 lines.extend(
-                    f"{tag}{k:>3}  {c.count:>9}  {len(c.reproducer):>3}  {c.signature.describe()}"
+                    f"{tag}{k:>3}  {c.count:>9}  {len(c.reproducer):>3}"
+                    + (f"  {why[c.signature]:<{width}}" if why else "")
+                    + f"  {c.signature.describe()}"
                     for k, c in enumerate(classes)
                 )
+        if why:
+            lines += ["", self._documented_summary(why)]
         if counterexamples:
             for _title, tag, classes in sections:
                 for k, c in enumerate(classes):
                     lines.append("")
                     lines.append(f"[{tag}{k}] " + c.format())
         return "\n".join(lines)
+
+    def _documented(self) -> dict[Signature, str]:
+        """Each class's documented choice(s), or ``UNDOCUMENTED``."""
+        from .documented import explained_by
+
+        return {
+            c.signature: "+".join(explained_by(c, self.policy, self.reference, self.n_pmcs))
+            or "UNDOCUMENTED"
+            for c in self.classes
+        }
+
+    def _documented_summary(self, why: dict[Signature, str]) -> str:
+        from .documented import documented_choices
+
+        choices = documented_choices(self.policy, self.reference)
+        undocumented = sum(w == "UNDOCUMENTED" for w in why.values())
+        if not choices:
+            return (
+                f"no documented choices apply to {self.policy} against {self.reference}: every"
+                " class is a divergence to look at (svmpmu explain on a reproducer)."
+            )
+        parts = [f"{c.name} ({sum(c.name in w for w in why.values())})" for c in choices]
+        verdict = (
+            f"all {len(why)} classes come from the documented choices of the merged code"
+            if not undocumented
+            else f"{undocumented} of {len(why)} classes are UNDOCUMENTED (not explained by the"
+            " documented choices of the merged code): look at them first"
+        )
+        return (
+            f"{verdict}: {', '.join(parts)}. What each choice is: README, 'What final does"
+            " differently, proven'; --full prints every reproducer."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (for JSON), every class included."""
