@@ -179,7 +179,8 @@ def counterexample_lines(
     lines = []
     for k, line in enumerate(trace.format(None).splitlines()):
         note = _who_counted(policy_counted[k], reference_counted[k])
-        lines.append(("  " + line).ljust(56) + note if note else "  " + line)
+        text = "  " + line
+        lines.append(text.ljust(max(56, len(text) + 2)) + note if note else text)
     lines.append(f"  {'pmc':>5}  {'expected':>16}  {'observed':>16}")
     for i in range(c.policy.n_pmcs):
         exp, obs = int(c.reference.counters[i]), int(c.policy.counters[i])
