@@ -27,6 +27,7 @@ from .files import (
     scenarios,
     write_trace,
 )
+from .ftrace import FtraceImport, read_ftrace
 from .fuzz import DivergenceClass, FuzzReport, Signature, fuzz
 from .mix import Mix
 from .model import (
@@ -68,6 +69,7 @@ __all__ = [
     "Comparison",
     "DivergenceClass",
     "Explanation",
+    "FtraceImport",
     "FuzzReport",
     "FilterAction",
     "Mix",
@@ -94,6 +96,7 @@ __all__ = [
     "perfetto",
     "plot",
     "plot_figure",
+    "read_ftrace",
     "read_text",
     "read_trace",
     "scenario",

@@ -18,15 +18,20 @@ __all__ = [
     "compare",
     "count_masks",
     "default_mix",
+    "explain",
     "fuzz_range",
     "generate",
     "generate_one",
+    "read_ftrace",
+    "read_text",
+    "selector_text",
     "shrink",
     "signatures",
     "simulate",
     "simulate_batch",
     "validate",
     "verify",
+    "write_text",
     "__version__",
 ]
 
@@ -119,3 +124,19 @@ def selector_text(value: int) -> str: ...
 def explain(
     columns: _Columns, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> dict[str, Any]: ...
+def read_ftrace(
+    data: bytes,
+    rate: float,
+    event: int,
+    run_cpl: int,
+    vmrun_cpl: int,
+    reads: bool,
+    infer_start: bool,
+) -> tuple[
+    list[tuple[int, _Columns, str]],
+    list[tuple[str, int]],
+    list[tuple[int, str]],
+    list[tuple[str, int]],
+    int,
+    int,
+]: ...

@@ -42,17 +42,38 @@ def trace_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate",
         type=float,
         default=None,
-        help="for a KVM trace: guest events per microsecond between kvm_entry and kvm_exit"
-        " (an estimate; default: the importer's, see svmpmu import --help)",
+        help="for a KVM trace: guest events per microsecond between kvm_entry and kvm_exit,"
+        " an estimate (default 1000; docs/ftrace.md)",
     )
+    parser.add_argument(
+        "--event",
+        type=lambda text: int(text, 0),
+        default=None,
+        help="for a KVM trace: the event key of the guest's RUN records (default 0xc0)",
+    )
+    parser.add_argument(
+        "--run-cpl",
+        type=int,
+        default=None,
+        help="for a KVM trace: the CPL the guest runs at, which the trace does not say (default 3)",
+    )
+    parser.add_argument(
+        "--vmrun-cpl",
+        type=int,
+        default=None,
+        help="for a KVM trace: the CPL at which L2 resumes after VMRUN (default 0)",
+    )
+
+
+def _import_options(args: argparse.Namespace) -> dict[str, object]:
+    """The importer's options the command line gave."""
+    names = {"rate": "rate", "event": "event", "run_cpl": "run_cpl", "vmrun_cpl": "vmrun_cpl"}
+    return {k: getattr(args, a) for k, a in names.items() if getattr(args, a) is not None}
 
 
 def load_trace(args: argparse.Namespace) -> Trace:
     """The trace named by the TRACE argument, with the import options given."""
-    options: dict[str, object] = {}
-    if args.rate is not None:
-        options["rate"] = args.rate
-    return read_trace(args.trace, vcpu=args.vcpu, **options)
+    return read_trace(args.trace, vcpu=args.vcpu, **_import_options(args))
 
 
 def text_line(source: str, index: int) -> str:
@@ -74,10 +95,7 @@ def _import(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu import``: one output file per vCPU (or the one chosen)."""
     from .ftrace import read_ftrace
 
-    options: dict[str, object] = {}
-    if args.rate is not None:
-        options["rate"] = args.rate
-    imported = read_ftrace(args.trace, **options)  # type: ignore[arg-type]
+    imported = read_ftrace(args.trace, **_import_options(args))  # type: ignore[arg-type]
     print(imported.format(), file=out)
     target = pathlib.Path(args.output)
     vcpus = sorted(imported.traces)
