@@ -56,6 +56,24 @@ class TraceBatch:
         """Refuse: a batch is immutable."""
         raise AttributeError("a TraceBatch is immutable")
 
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """The constructor's arguments: the offsets, then the record columns."""
+        t = self.columns_trace
+        return (self.offsets, t.op, t.pmc, t.cpl, t.flag, t.key, t.value)
+
+    def __reduce__(self) -> tuple[type[TraceBatch], tuple[np.ndarray, ...]]:
+        """Pickle (and ``multiprocessing``) by the offsets and the columns: unpickling calls
+        the constructor, so the copy is checked and as immutable as the original."""
+        return (type(self), self._arrays())
+
+    def __copy__(self) -> TraceBatch:
+        """A new batch that shares this one's (read-only) arrays."""
+        return type(self)(*self._arrays())
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TraceBatch:
+        """A new batch with its own copy of the offsets and of every column."""
+        return type(self)(*(np.array(a) for a in self._arrays()))
+
     @classmethod
     def from_traces(cls, traces: Sequence[Trace]) -> TraceBatch:
         """Concatenate traces into a batch (this copies their records once)."""
@@ -105,6 +123,16 @@ class TraceBatch:
     def __iter__(self) -> Iterator[Trace]:
         """The traces, in order (column views)."""
         return (self.trace(i) for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the offsets and every column hold the same values."""
+        if not isinstance(other, TraceBatch):
+            return NotImplemented
+        return bool(np.array_equal(self.offsets, other.offsets)) and (
+            self.columns_trace == other.columns_trace
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable: equality is by value
 
     def __repr__(self) -> str:
         """``<TraceBatch of N traces, M records>``."""

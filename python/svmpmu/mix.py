@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 from . import _core
 
@@ -17,6 +19,37 @@ _DEFAULT: dict[str, Any] = {
     for name, value in _core.default_mix().items()
 }
 """The generator's own mix (lists as tuples), the defaults of :class:`Mix`."""
+
+
+_U32 = 2**32 - 1
+_U64 = 2**64 - 1
+_WEIGHTS = {"hg": 4, "events": 3, "cpl_bits": 4, "filter": 3}
+"""The weight tuples of a :class:`Mix` and their lengths."""
+_PER_MILLE = tuple(
+    name for name in _DEFAULT if name not in _WEIGHTS and name not in ("ops", "run_max")
+)
+"""The per-mille fields of a :class:`Mix` (chances out of 1000)."""
+
+
+def _integer(name: str, value: object, low: int, high: int, what: str = "a count") -> int:
+    """``value`` as a Python int in ``low..high`` (a numpy integer is taken, a bool, a float or
+    a string is not); a ValueError naming the field ``name`` otherwise."""
+    expected = f"mix: {name} must be {what}, an integer in {low}..{high}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{expected}; got {type(value).__name__} {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{expected}; got {int(value)}")
+    return int(value)
+
+
+def _weight(name: str, value: object) -> int:
+    """A weight: an integer in 0..2**32-1 (see :func:`_integer`)."""
+    return _integer(name, value, 0, _U32, "a weight")
+
+
+def _restore(cls: type[Mix], fields: dict[str, Any]) -> Mix:
+    """A mix from its fields: what :meth:`Mix.__reduce__` pickles."""
+    return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -64,17 +97,43 @@ class Mix:
     """The largest n of an ordinary RUN (n is uniform in 1..run_max)."""
 
     def __post_init__(self) -> None:
-        """Check the op names; give the ops left out a weight of 0; freeze ``ops``."""
+        """Check every field (a ValueError that names it): ``ops`` must map known op names
+        to weights, each weight and each tuple entry be an integer in 0..2**32-1, each tuple
+        have its length, each per-mille field be an integer in 0..1000 and ``run_max`` one in
+        1..2**64-1; then the core's own checks (no all-zero weights, an op to draw in every
+        mode). The ops left out get a weight of 0; ``ops`` is frozen, in the core's op order,
+        and the weights are stored as Python ints and tuples."""
+        if not isinstance(self.ops, Mapping):
+            raise ValueError(
+                f"mix: ops must map op names to weights, got {type(self.ops).__name__}"
+            )
         unknown = set(self.ops) - set(_DEFAULT["ops"])
         if unknown:
-            raise ValueError(f"mix: unknown ops {sorted(unknown)}")
-        missing = set(_DEFAULT["ops"]) - set(self.ops)
-        if missing:
+            raise ValueError(f"mix: unknown ops {sorted(unknown, key=str)}")
+        ops = {name: _weight(f"ops[{name!r}]", self.ops.get(name, 0)) for name in _DEFAULT["ops"]}
+        if sum(ops.values()) > _U32:
+            raise ValueError("mix: ops: the op weights must add up to less than 2**32")
+        object.__setattr__(self, "ops", MappingProxyType(ops))
+        for name, size in _WEIGHTS.items():
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or len(value) != size:
+                raise ValueError(f"mix: {name} must be a tuple of {size} weights, got {value!r}")
             object.__setattr__(
-                self, "ops", MappingProxyType({**dict.fromkeys(missing, 0), **self.ops})
+                self, name, tuple(_weight(f"{name}[{i}]", w) for i, w in enumerate(value))
             )
-        else:
-            object.__setattr__(self, "ops", MappingProxyType(dict(self.ops)))
+        for name in _PER_MILLE:
+            object.__setattr__(
+                self, name, _integer(name, getattr(self, name), 0, 1000, "a per-mille value")
+            )
+        object.__setattr__(self, "run_max", _integer("run_max", self.run_max, 1, _U64))
+        _core.generate_one(0, 0, 0, 1, self)  # the core's checks: a ValueError naming the field
+
+    def __reduce__(self) -> tuple[Callable[..., Mix], tuple[type[Mix], dict[str, Any]]]:
+        """Pickle (and copy) by the fields, ``ops`` as a plain dict: the frozen mapping
+        itself cannot be pickled. Unpickling checks the fields again."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        fields["ops"] = dict(self.ops)
+        return (_restore, (type(self), fields))
 
     @classmethod
     def workload(cls) -> Mix:

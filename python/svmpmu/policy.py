@@ -97,14 +97,25 @@ _P = TypeVar("_P")
 
 
 def _known_knobs_only(cls: type[_P]) -> type[_P]:
-    """Make the constructor raise PolicyError, not TypeError, for an unknown knob."""
+    """Make the constructor raise PolicyError, not TypeError, for an unknown knob: a keyword
+    that names no knob, more positional values than there are knobs, or a knob given both by
+    position and by name."""
     generated: Callable[..., None] = cls.__init__
 
     @functools.wraps(generated)
     def __init__(self: _P, *args: object, **knobs: object) -> None:  # noqa: N807 (it is the method)
+        names = tuple(KNOB_VALUES)
         unknown = [name for name in knobs if name not in KNOB_VALUES]
         if unknown:
-            raise PolicyError(f"unknown knob {unknown[0]!r}; knobs: " + ", ".join(KNOB_VALUES))
+            raise PolicyError(f"unknown knob {unknown[0]!r}; knobs: " + ", ".join(names))
+        if len(args) > len(names):
+            raise PolicyError(
+                f"{len(args)} knob values given by position, but there are {len(names)} knobs: "
+                + ", ".join(names)
+            )
+        twice = [name for name in names[: len(args)] if name in knobs]
+        if twice:
+            raise PolicyError(f"knob {twice[0]!r} given both by position and by name")
         generated(self, *args, **knobs)
 
     setattr(cls, "__init__", __init__)  # noqa: B010 (mypy forbids assigning to a method)
@@ -159,13 +170,20 @@ class Policy:
     """Reference: a failed VMRUN counts as a ``"host"`` or a ``"guest"`` instruction."""
 
     def __post_init__(self) -> None:
-        """Check every knob's value (PolicyError)."""
+        """Check every knob's value (PolicyError, which names the knob, and the type when a
+        value is not even of the knob's type)."""
         for knob, allowed in KNOB_VALUES.items():
             value = getattr(self, knob)
             # bool knobs: accept exactly True/False (not 0/1 or strings)
             if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+                types = sorted({type(a).__name__ for a in allowed})
+                wrong_type = (
+                    f" (type {type(value).__name__}, not {' or '.join(types)})"
+                    if type(value).__name__ not in types
+                    else ""
+                )
                 raise PolicyError(
-                    f"knob {knob!r} cannot be {value!r}; allowed: "
+                    f"knob {knob!r} cannot be {value!r}{wrong_type}; allowed: "
                     + ", ".join(repr(a) for a in allowed)
                 )
 

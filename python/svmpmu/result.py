@@ -84,6 +84,17 @@ class Comparison:
         """True when the two models diverge."""
         return self.diverges
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when every field is: the verdict, the differences and both results (whose
+        arrays are compared element by element)."""
+        if not isinstance(other, Comparison):
+            return NotImplemented
+        return all(
+            getattr(self, name) == getattr(other, name) for name in self.__dataclass_fields__
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable: equality is by value
+
     def format(self) -> str:
         """A readable account: where they diverge and the per-PMC values of both."""
         if not self.diverges:

@@ -35,15 +35,55 @@ FileLike = Union[str, os.PathLike[str], IO[bytes]]
 """Where :meth:`Trace.save` writes and :meth:`Trace.load` reads: a path or a binary file."""
 
 
+def _is_integer(item: object) -> bool:
+    """Whether ``item`` is an integer a column takes: a Python or numpy integer, or a bool."""
+    return isinstance(item, (int, np.integer, np.bool_))
+
+
+def _exact_integers(name: str, data: npt.ArrayLike, dtype: np.dtype) -> np.ndarray | None:
+    """``data`` converted element by element, exactly, when it holds only integers that numpy
+    could not give one integer dtype (values above 2**63 beside others, or above 2**64, make a
+    float64 or object array); None when some element is not an integer."""
+    try:
+        items = np.asarray(data, dtype=object)
+    except (ValueError, TypeError):
+        return None
+    if items.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {items.shape}")
+    values = items.tolist()
+    if not all(_is_integer(item) for item in values):
+        return None
+    numbers = [int(item) for item in values]
+    if numbers and min(numbers) < 0:
+        raise ValueError(f"{name} holds a negative value")
+    if numbers and max(numbers) > np.iinfo(dtype).max:
+        raise ValueError(
+            f"{name} holds a value wider than its dtype {dtype} (maximum {max(numbers):#x})"
+        )
+    return np.array(numbers, dtype=dtype)
+
+
 def integer_array(name: str, data: npt.ArrayLike, dtype: np.dtype) -> np.ndarray:
     """``data`` as a contiguous 1-D array of ``dtype``, without a copy when it already is one.
 
-    Raises TypeError for non-integers, ValueError for negative values or values wider than
-    ``dtype``."""
-    array = np.asarray(data)
+    Integers are taken exactly, however large: a list of Python ints up to 2**64 - 1 (which
+    numpy alone would turn into float64) gives exact uint64 values. Raises TypeError for
+    non-integers (floats are never truncated), ValueError for negative values or values wider
+    than ``dtype``."""
+    try:
+        array = np.asarray(data)
+    except OverflowError:  # an integer too large for any numpy dtype, beside a negative one
+        array = np.asarray(data, dtype=object)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
     if array.dtype != dtype:
+        from_ints = array.dtype.kind == "O" or (
+            array.dtype.kind == "f" and not isinstance(data, np.ndarray)
+        )  # perhaps: numpy makes float64 of Python ints beyond int64 beside others
+        if array.size and from_ints:
+            exact = _exact_integers(name, data, dtype)
+            if exact is not None:
+                return exact
         if array.size and array.dtype.kind not in "iub":
             raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
         if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
@@ -118,6 +158,19 @@ class Trace:
         """Refuse: a trace is immutable."""
         raise AttributeError("a Trace is immutable")
 
+    def __reduce__(self) -> tuple[type[Trace], Columns]:
+        """Pickle (and ``multiprocessing``) by the columns: unpickling calls the constructor,
+        so the copy is as immutable as the original."""
+        return (type(self), (self.op, self.pmc, self.cpl, self.flag, self.key, self.value))
+
+    def __copy__(self) -> Trace:
+        """A new trace that shares this one's (read-only) columns."""
+        return type(self)(self.op, self.pmc, self.cpl, self.flag, self.key, self.value)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Trace:
+        """A new trace with its own copy of every column."""
+        return type(self)(*(np.array(getattr(self, name)) for name in COLUMNS))
+
     @classmethod
     def from_columns(cls, columns: Mapping[str, npt.ArrayLike]) -> Trace:
         """A trace from a mapping of column names to arrays (e.g. an ``np.load`` of a ``.npz``)."""
@@ -131,10 +184,26 @@ class Trace:
         return {name: getattr(self, name) for name in COLUMNS}
 
     def save(self, path: FileLike) -> None:
-        """Write the trace to a ``.npz`` file (one array a column); :meth:`load` reads it."""
-        # mypy cannot tell **columns from savez's bool keyword allow_pickle; no column has that
-        # name, so the call is sound.
-        np.savez(path, **self.columns())  # type: ignore[arg-type]
+        """Write the trace to a ``.npz`` file (one array a column); :meth:`load` reads it.
+
+        A path gets ``.npz`` appended when it does not end with it (as :func:`numpy.savez`
+        does) and is written through a temporary file (:func:`svmpmu.files.atomic_write`): a
+        failure, a full disk say, leaves the file as it was. An open binary file is written
+        in place."""
+        columns = self.columns()
+
+        def write(file: FileLike) -> None:
+            # mypy cannot tell **columns from savez's bool keyword allow_pickle; no column has
+            # that name, so the call is sound.
+            np.savez(file, **columns)  # type: ignore[arg-type]
+
+        if isinstance(path, (str, os.PathLike)):
+            from .files import atomic_write  # here: svmpmu.files imports this module
+
+            target = os.fspath(path)
+            atomic_write(target if target.endswith(".npz") else target + ".npz", write)
+        else:
+            write(path)
 
     def to_text(self) -> str:
         """The trace as text, one record per line (docs/text-format.md);
@@ -243,6 +312,41 @@ def format_record(op: int, pmc: int, cpl: int, flag: int, key: int, value: int) 
     return name
 
 
+_U8 = 0xFF
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _integer(method: str, name: str, value: object, limit: int) -> int:
+    """``value`` as an int in ``0..limit``; a Python or numpy integer is taken. Raises
+    TypeError for anything else (a float, a bool, a string) and ValueError for a value out of
+    range, both naming the argument ``name`` of :class:`TraceBuilder`'s ``method``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"TraceBuilder.{method}(): {name} must be an integer, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    number = int(value)
+    if not 0 <= number <= limit:
+        raise ValueError(
+            f"TraceBuilder.{method}(): {name} {number} does not fit its column (0..{limit:#x})"
+        )
+    return number
+
+
+def _flag(method: str, name: str, value: object) -> int:
+    """A flag argument (a bool, or an integer that fits the uint8 ``flag`` column) as an int;
+    TypeError or ValueError naming the argument otherwise (see :func:`_integer`)."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"TraceBuilder.{method}(): {name} must be a bool or an integer, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return _integer(method, name, value, _U8)
+
+
 class TraceBuilder:
     """Build a trace record by record; every method returns the builder, so calls chain.
 
@@ -262,38 +366,41 @@ class TraceBuilder:
     def _add(
         self, op: Op, pmc: int = 0, cpl: int = 0, flag: int = 0, key: int = 0, value: int = 0
     ) -> TraceBuilder:
-        for name, field, limit in (
-            ("pmc", pmc, 0xFF),
-            ("cpl", cpl, 0xFF),
-            ("flag", flag, 0xFF),
-            ("key", key, 0xFFFF_FFFF),
-            ("value", value, 0xFFFF_FFFF_FFFF_FFFF),
-        ):
-            if not 0 <= int(field) <= limit:
-                raise ValueError(f"{op.name}: {name} {field!r} does not fit its column")
-        self._records.append((int(op), int(pmc), int(cpl), int(flag), int(key), int(value)))
+        """Append one record whose fields have been checked."""
+        self._records.append((int(op), pmc, cpl, flag, key, value))
         return self
 
     def wrmsr_evtsel(self, pmc: int, value: int) -> TraceBuilder:
         """The current context writes PerfEvtSel[pmc] (see :func:`~svmpmu.eventsel`)."""
-        return self._add(Op.WRMSR_EVTSEL, pmc=pmc, value=value)
+        method = "wrmsr_evtsel"
+        return self._add(
+            Op.WRMSR_EVTSEL,
+            pmc=_integer(method, "pmc", pmc, _U8),
+            value=_integer(method, "value", value, _U64),
+        )
 
     def wrmsr_ctr(self, pmc: int, value: int) -> TraceBuilder:
         """The current context writes PerfCtr[pmc] (masked to 48 bits)."""
-        return self._add(Op.WRMSR_CTR, pmc=pmc, value=value)
+        return self._add(
+            Op.WRMSR_CTR,
+            pmc=_integer("wrmsr_ctr", "pmc", pmc, _U8),
+            value=_integer("wrmsr_ctr", "value", value, _U64),
+        )
 
     def wrmsr_global_ctrl(self, value: int) -> TraceBuilder:
         """The current context writes PerfCntGlobalCtl (bit i enables PMC i)."""
-        return self._add(Op.WRMSR_GLOBAL_CTRL, value=value)
+        return self._add(
+            Op.WRMSR_GLOBAL_CTRL, value=_integer("wrmsr_global_ctrl", "value", value, _U64)
+        )
 
     def wrmsr_efer(self, svme: bool | int) -> TraceBuilder:
         """L1 writes EFER with SVME = ``svme`` (host mode only)."""
-        return self._add(Op.WRMSR_EFER, flag=int(svme))
+        return self._add(Op.WRMSR_EFER, flag=_flag("wrmsr_efer", "svme", svme))
 
     def vmrun(self, cpl: int = 0) -> TraceBuilder:
         """L1 executes VMRUN and it succeeds: enter guest mode (needs SVME = 1); L2 resumes at
         ``cpl`` (vmcb12's save.cpl), the CPL at which an ``after_entry`` VMRUN retires."""
-        return self._add(Op.VMRUN, cpl=cpl)
+        return self._add(Op.VMRUN, cpl=_integer("vmrun", "cpl", cpl, _U8))
 
     def vmrun_fail(self) -> TraceBuilder:
         """L1's VMRUN fails its consistency checks: #VMEXIT(INVALID), stay in host mode."""
@@ -309,7 +416,9 @@ class TraceBuilder:
 
     def set_nested_state(self, guest_mode: bool | int) -> TraceBuilder:
         """Userspace restores the nested state: guest mode (1) or host mode (0)."""
-        return self._add(Op.SET_NESTED_STATE, flag=int(guest_mode))
+        return self._add(
+            Op.SET_NESTED_STATE, flag=_flag("set_nested_state", "guest_mode", guest_mode)
+        )
 
     def set_filter(self, action: str, event: int | None = None) -> TraceBuilder:
         """Userspace replaces the event filter: ``"none"``, or ``"allow"``/``"deny"`` one event."""
@@ -321,15 +430,25 @@ class TraceBuilder:
             ) from None
         if flag != FilterAction.NONE and event is None:
             raise ValueError(f"a {action!r} filter needs an event key")
-        return self._add(Op.SET_FILTER, flag=int(flag), key=0 if event is None else event)
+        key = 0 if event is None else _integer("set_filter", "event", event, _U32)
+        return self._add(Op.SET_FILTER, flag=int(flag), key=key)
 
     def emulate(self, cpl: int = 0, branch: bool = False) -> TraceBuilder:
         """KVM emulates one instruction of the current context at ``cpl`` (a branch if flagged)."""
-        return self._add(Op.EMULATE, cpl=cpl, flag=int(branch))
+        return self._add(
+            Op.EMULATE,
+            cpl=_integer("emulate", "cpl", cpl, _U8),
+            flag=_flag("emulate", "branch", branch),
+        )
 
     def run(self, n: int, event: int = INSTRUCTIONS_RETIRED, cpl: int = CPL_USER) -> TraceBuilder:
         """The vCPU runs natively: ``n`` occurrences of ``event`` at ``cpl``."""
-        return self._add(Op.RUN, cpl=cpl, key=event, value=n)
+        return self._add(
+            Op.RUN,
+            cpl=_integer("run", "cpl", cpl, _U8),
+            key=_integer("run", "event", event, _U32),
+            value=_integer("run", "n", n, _U64),
+        )
 
     def vmentry(self) -> TraceBuilder:
         """An explicit VM-entry: KVM services pending requests."""
@@ -337,7 +456,7 @@ class TraceBuilder:
 
     def read(self, pmc: int) -> TraceBuilder:
         """Observation point: the value of counter ``pmc`` goes into the result's ``reads``."""
-        return self._add(Op.READ, pmc=pmc)
+        return self._add(Op.READ, pmc=_integer("read", "pmc", pmc, _U8))
 
     def reset(self) -> TraceBuilder:
         """A vCPU reset: back to the reset state."""
@@ -345,6 +464,10 @@ class TraceBuilder:
 
     def extend(self, trace: Trace) -> TraceBuilder:
         """Append every record of ``trace``."""
+        if not isinstance(trace, Trace):
+            raise TypeError(
+                f"TraceBuilder.extend(): trace must be a svmpmu.Trace, got {type(trace).__name__}"
+            )
         self._records.extend(trace.records())
         return self
 
