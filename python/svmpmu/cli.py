@@ -7,16 +7,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
+import pathlib
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import numpy as np
 
 from . import __version__
-from ._api import compare, generate, simulate
-from .cli_files import load_trace, register, text_line, trace_arguments
+from ._api import MAX_THREADS, compare, simulate
+from .cli_files import (
+    InvalidValue,
+    int_option,
+    invalid_values,
+    load_trace,
+    n_pmcs_option,
+    register,
+    text_line,
+    trace_arguments,
+)
 from .errors import PolicyError, TraceError
 from .explain import explain
 from .files import atomic_write
@@ -45,7 +60,42 @@ EXIT_ORACLE = 3
 EXIT_INCONCLUSIVE = 3
 """``verify --max-states``: the bound was reached before a divergence was found."""
 EXIT_INTERRUPTED = 130
-"""``fuzz`` interrupted (SIGINT): the report covers the traces done."""
+"""Interrupted by SIGINT or SIGTERM; ``fuzz`` prints the report of the work finished first."""
+
+T = TypeVar("T")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``svmpmu: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line and exit with status 2 (SystemExit)."""
+        self.exit(EXIT_USAGE, f"svmpmu: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+class _Abandoned(KeyboardInterrupt):
+    """An interrupt that left a call into the core running on a worker thread, which nothing
+    can stop: :func:`main` ends the process at once."""
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (an error message must not spill over several)."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _json_option(text: str) -> str | InvalidValue:
+    """The ``type=`` of ``--json``: ``-``, or a file that can be created (its directory
+    exists, it is not a directory), checked before the run rather than after it."""
+    if text == "-":
+        return text
+    if not text.strip():
+        return InvalidValue(text, "expected a file name or '-', got an empty name")
+    path = pathlib.Path(text)
+    if path.is_dir():
+        return InvalidValue(text, f"{text} is a directory")
+    if not path.parent.is_dir():
+        return InvalidValue(text, f"no directory {path.parent} to write {path.name} in")
+    return text
 
 
 EXIT_HELP = (
@@ -147,12 +197,17 @@ def _model_options(parser: argparse.ArgumentParser, set_example: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="svmpmu",
         description="Replay, compare and fuzz KVM's virtualization of AMD Host-Only/Guest-Only "
         "performance counters under nested SVM.",
     )
     parser.add_argument("--version", action="version", version=f"svmpmu {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print its traceback too (for a bug report)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     f = sub.add_parser(
@@ -165,26 +220,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     _model_options(f, "vmrun_order=before_entry")
     f.add_argument(
-        "--traces", type=int, default=1_000_000, help="number of traces (default 1000000)"
+        "--traces", type=int_option(0), default=1_000_000, help="number of traces (default 1000000)"
     )
-    f.add_argument("--length", type=int, default=64, help="records per trace (default 64)")
-    f.add_argument("--seed", type=int, default=1, help="seed of the generator (default 1)")
+    f.add_argument(
+        "--length", type=int_option(0), default=64, help="records per trace (default 64)"
+    )
+    f.add_argument(
+        "--seed",
+        type=int_option(0, 2**64 - 1),
+        default=1,
+        help="seed of the generator, 0..2**64-1 (default 1)",
+    )
     f.add_argument(
         "--threads",
-        type=int,
+        type=int_option(1, MAX_THREADS),
         default=None,
         help="worker threads (default: all cores, or RAYON_NUM_THREADS)",
     )
-    f.add_argument("--n-pmcs", type=int, default=6, help="PMCs per trace, 1..6 (default 6)")
+    f.add_argument(
+        "--n-pmcs", type=n_pmcs_option(), default=6, help="PMCs per trace, 1..6 (default 6)"
+    )
     f.add_argument(
         "--json",
+        type=_json_option,
         metavar="FILE",
         help="also write the report as JSON to FILE "
         "('-' for standard output, instead of the text report)",
     )
     f.add_argument(
         "--check-oracle",
-        type=int,
+        type=int_option(0),
         default=0,
         metavar="N",
         help="replay the first N generated traces through the pure-Python oracle as "
@@ -222,23 +287,27 @@ def _parser() -> argparse.ArgumentParser:
         "(e.g. WRMSR_EVTSEL:none:svme0:svme0:policy; repeatable)",
     )
     v.add_argument(
-        "--n-pmcs", type=int, default=1, help="PMCs explored, 1..6 (default 1: covers any number)"
+        "--n-pmcs",
+        type=n_pmcs_option(),
+        default=1,
+        help="PMCs explored, 1..6 (default 1: covers any number)",
     )
     v.add_argument(
         "--max-states",
-        type=int,
+        type=int_option(1),
         default=None,
         metavar="N",
         help="stop after N product states (the verdict is then bounded, never equivalent)",
     )
     v.add_argument(
         "--threads",
-        type=int,
+        type=int_option(1, MAX_THREADS),
         default=None,
         help="worker threads (default: all cores, or RAYON_NUM_THREADS)",
     )
     v.add_argument(
         "--json",
+        type=_json_option,
         metavar="FILE",
         help="also write the verdict as JSON to FILE "
         "('-' for standard output, instead of the text report)",
@@ -263,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     trace_arguments(r)
     _model_options(r, "vmrun_order=before_entry")
-    r.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
+    r.add_argument("--n-pmcs", type=n_pmcs_option(), default=6, help="PMCs, 1..6 (default 6)")
 
     x = sub.add_parser(
         "explain",
@@ -281,9 +350,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--vs", default="arch", help="preset to compare with (default arch)")
     knob_option(x, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
     knob_option(x, "--set-reference", "reference_knobs", "reference", "enabling_wrmsr=new")
-    x.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
+    x.add_argument("--n-pmcs", type=n_pmcs_option(), default=6, help="PMCs, 1..6 (default 6)")
     x.add_argument(
-        "--limit", type=int, default=200, help="records to print at most (default 200; 0: all)"
+        "--limit",
+        type=int_option(0),
+        default=200,
+        help="records to print at most (default 200; 0: all)",
     )
     x.add_argument(
         "--every-pmc",
@@ -298,35 +370,48 @@ def _parser() -> argparse.ArgumentParser:
         description="List every preset with the knobs it sets.",
     )
     parser.set_defaults(file_commands=register(sub))
+    for command in sub.choices.values():  # --debug after the command's name works too
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
-def _check_oracle(report: FuzzReport, n: int, out: TextIO) -> int:
-    """Replay the first ``n`` traces of the run through the oracle too; the disagreements."""
+def _check_oracle(report: FuzzReport, n: int, out: TextIO) -> tuple[int, bool]:
+    """Replay the first ``n`` traces of the run through the oracle too: the number of
+    disagreements, and whether an interrupt stopped the check (what was checked is said)."""
     from . import oracle
 
-    batch = generate(n, report.length, seed=report.seed, mix=report.mix, n_pmcs=report.n_pmcs)
-    bad = 0
-    for i, trace in enumerate(batch):
-        for policy in (report.policy, report.reference):
-            if simulate(trace, policy, n_pmcs=report.n_pmcs) != oracle.simulate(
-                trace, policy, n_pmcs=report.n_pmcs
-            ):
-                bad += 1
-                print(f"ORACLE DISAGREES on trace {i} under {policy}:", file=sys.stderr)
-                print(trace.format(None), file=sys.stderr)
+    bad = checked = 0
+    try:
+        for i in range(n):
+            trace = report.trace(i)
+            for policy in (report.policy, report.reference):
+                if simulate(trace, policy, n_pmcs=report.n_pmcs) != oracle.simulate(
+                    trace, policy, n_pmcs=report.n_pmcs
+                ):
+                    bad += 1
+                    print(f"ORACLE DISAGREES on trace {i} under {policy}:", file=sys.stderr)
+                    print(trace.format(None), file=sys.stderr)
+            checked += 1
+    except KeyboardInterrupt:
+        print(
+            f"oracle cross-check interrupted: {checked} of {n} traces, {bad} disagreements",
+            file=out,
+        )
+        return bad, True
     print(f"oracle cross-check: {n} traces, {bad} disagreements", file=out)
-    return bad
+    return bad, False
 
 
 def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
-    """``svmpmu fuzz``."""
+    """``svmpmu fuzz``: an interrupt (SIGINT, SIGTERM) prints the report of the work finished
+    and exits 130."""
     from tqdm import tqdm
 
     policy = _policy(args.policy, args.policy_knobs)
     reference = reference_from_args(args, args.reference)
-    if args.traces < 0 or args.length < 0:
-        raise ValueError("--traces and --length must not be negative")
+    baseline = _baseline(args)
     bar = tqdm(
         total=args.traces,
         unit=" traces",
@@ -351,24 +436,62 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
             threads=args.threads,
             n_pmcs=args.n_pmcs,
             progress=progress,
-            baseline=_baseline(args),
+            baseline=baseline,
         )
     finally:
         bar.close()
+    interrupted = report.interrupted
     if args.json == "-":
         print(report.to_json(indent=2), file=out)
     else:
-        print(report.format(counterexamples=args.full, documented=True), file=out)
+        try:
+            text = report.format(counterexamples=args.full, documented=True)
+        except KeyboardInterrupt:  # while checking the documented choices: the plain table
+            text, interrupted = report.format(counterexamples=False), True
+        print(text, file=out)
         if args.json:
             _write_json(args.json, report.to_json(indent=2))
     status = EXIT_DIVERGES if report.classes or report.gone else EXIT_AGREE
-    if not report.complete:
-        status = EXIT_INTERRUPTED
-    if args.check_oracle and _check_oracle(
-        report, args.check_oracle, sys.stderr if args.json == "-" else out
-    ):
-        status = EXIT_ORACLE
+    if args.check_oracle:
+        where = sys.stderr if args.json == "-" else out
+        if interrupted:
+            print("oracle cross-check skipped: the run was interrupted", file=where)
+        else:
+            bad, interrupted = _check_oracle(report, args.check_oracle, where)
+            if bad:
+                status = EXIT_ORACLE
+    if interrupted:
+        print("svmpmu: interrupted: the report covers the work finished", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return status
+
+
+def _off_main_thread(call: Callable[[], T]) -> T:
+    """Run ``call``, a call into the core that may not look at signals for minutes (a
+    verify exploration), on a worker thread while this one waits, so that SIGINT and SIGTERM
+    act at once. On an interrupt it raises :class:`_Abandoned`: the worker cannot be stopped,
+    so :func:`main` ends the process."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # noqa: BLE001 (handed to the waiting thread, raised there)
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="svmpmu-core", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        raise _Abandoned from None
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
 
 
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
@@ -392,14 +515,16 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         bar.update(states - bar.n)
 
     try:
-        verdict = verify(
-            policy,
-            reference,
-            n_pmcs=args.n_pmcs,
-            ignore=args.ignore,
-            max_states=args.max_states,
-            threads=args.threads,
-            progress=progress,
+        verdict = _off_main_thread(
+            lambda: verify(
+                policy,
+                reference,
+                n_pmcs=args.n_pmcs,
+                ignore=args.ignore,
+                max_states=args.max_states,
+                threads=args.threads,
+                progress=progress,
+            )
         )
     finally:
         bar.close()
@@ -426,12 +551,14 @@ def _verify_against(verdict: Verdict, base: Policy, args: argparse.Namespace, ou
     so every record where the two designs count differently is a class (with its shortest
     witness), whether or not the reference's classes tell them apart; for each, which design
     the reference agrees with on the witness."""
-    diff = verify(
-        verdict.policy,
-        base,
-        n_pmcs=args.n_pmcs,
-        max_states=args.max_states,
-        threads=args.threads,
+    diff = _off_main_thread(
+        lambda: verify(
+            verdict.policy,
+            base,
+            n_pmcs=args.n_pmcs,
+            max_states=args.max_states,
+            threads=args.threads,
+        )
     )
     reference = verdict.reference
     print(
@@ -473,7 +600,11 @@ def _matrix(args: argparse.Namespace, out: TextIO) -> int:
     cells: dict[tuple[str, str], Verdict] = {}
     pairs = [(p, q) for q in names for p in names]
     for p, q in tqdm(pairs, unit=" pairs", file=sys.stderr, disable=args.no_progress or None):
-        cells[p, q] = verify(p, q, n_pmcs=args.n_pmcs, ignore=args.ignore, threads=args.threads)
+        cells[p, q] = _off_main_thread(
+            functools.partial(
+                verify, p, q, n_pmcs=args.n_pmcs, ignore=args.ignore, threads=args.threads
+            )
+        )
     width = max(len("equivalent"), *(len(n) for n in names))
     print(
         f"svmpmu verify --matrix: policy (row) against reference (column), "
@@ -548,33 +679,105 @@ def _presets(out: TextIO) -> int:
     return 0
 
 
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, out: TextIO) -> int:
+    """Run the command ``args`` names."""
+    if args.command == "fuzz":
+        return _fuzz(args, out)
+    if args.command == "verify":
+        return _verify(args, out)
+    if args.command == "replay":
+        return _replay(args, out)
+    if args.command == "presets":
+        return _presets(out)
+    if args.command == "explain":
+        return _explain(args, out)
+    if args.command in args.file_commands:
+        return int(args.file_commands[args.command](args, out))
+    parser.print_help(out)
+    return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs (on the main thread), SIGTERM raises KeyboardInterrupt as SIGINT
+    does, so that both stop it the same way; the previous handler is put back after. A
+    SIGTERM that is ignored stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+_KNOWN_ERRORS = (PolicyError, TraceError, ValueError, OSError, MemoryError)
+"""The errors of a bad input or a bad environment, printed as they are; any other exception
+is an internal error (a bug), printed with its type."""
+
+
+def _error_line(e: BaseException) -> str:
+    """The one line of ``svmpmu: error: ...`` for ``e``."""
+    text = _one_line(str(e))
+    if isinstance(e, MemoryError):
+        return f"out of memory: {text}" if text and "alloc" not in text else text or "out of memory"
+    if isinstance(e, _KNOWN_ERRORS):
+        return text or type(e).__name__
+    return (
+        f"internal error: {type(e).__name__}: {text or 'no message'}"
+        " (run with --debug for the traceback, and please report it)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (see ``EXIT_HELP``).
+
+    Every error is one line on standard error, ``svmpmu: error: ...``, exit status 2: an
+    error argparse finds (an unknown option, a knob that does not parse) raises
+    SystemExit(2) as argparse does; a value an option refuses (a number out of range,
+    ``--json ''``), a bad input and any unexpected exception return 2. ``--debug`` (before or
+    after the command) prints the traceback too. SIGINT and SIGTERM stop the command with
+    status 130, after what was finished is printed (``fuzz``: its partial report)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    out = sys.stdout
-    try:
-        if args.command == "fuzz":
-            return _fuzz(args, out)
-        if args.command == "verify":
-            return _verify(args, out)
-        if args.command == "replay":
-            return _replay(args, out)
-        if args.command == "presets":
-            return _presets(out)
-        if args.command == "explain":
-            return _explain(args, out)
-        if args.command in args.file_commands:
-            return int(args.file_commands[args.command](args, out))
-        parser.print_help(out)
-        return 2
-    except BrokenPipeError:  # the output went to a pager or `head` that stopped reading
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    debug = bool(getattr(args, "debug", False))
+    refused = invalid_values(parser, args)
+    if refused:
+        command = f"svmpmu {args.command}" if args.command else "svmpmu"
+        print(f"svmpmu: error: {refused[0]} (see {command} --help)", file=sys.stderr)
         return EXIT_USAGE
-    except (PolicyError, TraceError, ValueError, OSError, MemoryError) as e:
-        print(f"svmpmu: error: {e}", file=sys.stderr)
-        return 2
+    out = sys.stdout
+    with _sigterm_as_interrupt():
+        try:
+            return _run(parser, args, out)
+        except BrokenPipeError:  # the output went to a pager or `head` that stopped reading
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_USAGE
+        except KeyboardInterrupt as e:
+            if debug:
+                traceback.print_exc()
+            print("svmpmu: interrupted", file=sys.stderr)
+            if isinstance(e, _Abandoned):  # a core call still runs on a worker thread
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
+        except Exception as e:  # noqa: BLE001 (every error is one line; --debug shows the rest)
+            if debug:
+                traceback.print_exc()
+            print(f"svmpmu: error: {_error_line(e)}", file=sys.stderr)
+            return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,24 +4,116 @@
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from .files import (
     TEXT_SUFFIXES,
+    TraceFileError,
     detect_format,
     line_of_record,
+    read_file_bytes,
     read_trace,
     scenario_path,
     scenarios,
     write_trace,
 )
+from .model import MAX_PMCS
 from .trace import Trace
 
-__all__ = ["load_trace", "register", "text_line", "trace_arguments"]
+__all__ = [
+    "MAX_COUNT",
+    "InvalidValue",
+    "int_option",
+    "invalid_values",
+    "load_trace",
+    "n_pmcs_option",
+    "positive_float",
+    "register",
+    "text_line",
+    "trace_arguments",
+]
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
+
+MAX_COUNT = 2**63 - 1
+"""The largest count an option takes (traces, records, states): what the core's integers hold."""
+
+
+class InvalidValue:
+    """What an option's ``type=`` function gives for a value it refuses, with the reason.
+
+    :func:`svmpmu.cli.main` looks for these once the command line is parsed and reports the
+    first as a usage error, on one line, returning 2 (argparse's own errors, such as an
+    unknown option, raise SystemExit(2) as argparse does)."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        """The refused ``text`` and why."""
+        self.text = text
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        """``InvalidValue('text': reason)``."""
+        return f"InvalidValue({self.text!r}: {self.reason})"
+
+
+def int_option(
+    low: int, high: int = MAX_COUNT, *, base: int = 10
+) -> Callable[[str], int | InvalidValue]:
+    """An argparse ``type=`` that reads a whole number in ``low..high`` (in ``base``; 0
+    takes a ``0x`` prefix); a bad number gives an :class:`InvalidValue` that names the
+    range, a usage error before any work."""
+
+    def parse(text: str) -> int | InvalidValue:
+        try:
+            value = int(text.strip(), base)
+        except ValueError:
+            hex_too = " (0x... for hex)" if base == 0 else ""
+            return InvalidValue(text, f"expected a whole number{hex_too}, got {text!r}")
+        if not low <= value <= high:
+            limits = f"{low}..{high}" if high < MAX_COUNT else f"{low} to {high}"
+            return InvalidValue(text, f"must be {limits}, got {text.strip()}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def n_pmcs_option() -> Callable[[str], int | InvalidValue]:
+    """The ``type=`` of ``--n-pmcs``: 1..6."""
+    return int_option(1, MAX_PMCS)
+
+
+def positive_float(text: str) -> float | InvalidValue:
+    """An argparse ``type=`` for a finite number greater than 0 (``--rate``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return InvalidValue(text, f"expected a number, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        return InvalidValue(text, f"must be a finite number above 0, got {text.strip()}")
+    return value
+
+
+def invalid_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The values ``args`` holds that their option refused (:class:`InvalidValue`), each as
+    ``argument --option: reason``."""
+    flags: dict[str, str] = {}
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            else:
+                names = action.option_strings or [str(action.metavar or action.dest)]
+                flags.setdefault(action.dest, max(names, key=len))
+    return [
+        f"argument {flags.get(dest, dest)}: {value.reason}"
+        for dest, value in vars(args).items()
+        if isinstance(value, InvalidValue)
+    ]
 
 
 def trace_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,32 +126,32 @@ def trace_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vcpu",
-        type=int,
+        type=int_option(0),
         default=None,
         help="for a KVM trace with several vCPUs: the vCPU to use",
     )
     parser.add_argument(
         "--rate",
-        type=float,
+        type=positive_float,
         default=None,
         help="for a KVM trace: guest events per microsecond between kvm_entry and kvm_exit,"
         " an estimate (default 1000; docs/ftrace.md)",
     )
     parser.add_argument(
         "--event",
-        type=lambda text: int(text, 0),
+        type=int_option(0, 0xFFFFF, base=0),
         default=None,
         help="for a KVM trace: the event key of the guest's RUN records (default 0xc0)",
     )
     parser.add_argument(
         "--run-cpl",
-        type=int,
+        type=int_option(0, 3),
         default=None,
         help="for a KVM trace: the CPL the guest runs at, which the trace does not say (default 3)",
     )
     parser.add_argument(
         "--vmrun-cpl",
-        type=int,
+        type=int_option(0, 3),
         default=None,
         help="for a KVM trace: the CPL at which L2 resumes after VMRUN (default 0)",
     )
@@ -72,8 +164,12 @@ def _import_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def load_trace(args: argparse.Namespace) -> Trace:
-    """The trace named by the TRACE argument, with the import options given."""
-    return read_trace(args.trace, vcpu=args.vcpu, **_import_options(args))
+    """The trace named by the TRACE argument, with the import options given; a trace of no
+    records (a text file of comments only) is refused, as an empty file is."""
+    trace = read_trace(args.trace, vcpu=args.vcpu, **_import_options(args))
+    if not len(trace):
+        raise TraceFileError(f"{args.trace}: no records (only comments or blank lines)")
+    return trace
 
 
 def text_line(source: str, index: int) -> str:
@@ -82,7 +178,7 @@ def text_line(source: str, index: int) -> str:
     if not path.exists() and source in scenarios():
         path = scenario_path(source)
     try:
-        data = path.read_bytes()
+        data = read_file_bytes(path)
         if detect_format(data) != "text":
             return ""
     except (OSError, ValueError):
@@ -193,13 +289,13 @@ def _picture_options(parser: argparse.ArgumentParser) -> None:
     knob_option(parser, "--set", "policy_knobs", "policy", "vmrun_order=before_entry")
     parser.add_argument(
         "--n-pmcs",
-        type=int,
+        type=n_pmcs_option(),
         default=None,
         help="PMCs to show, 1..6 (default: those the trace uses)",
     )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+def register(sub: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
     """Add the file commands to ``sub``; their handlers by command name."""
     text = " or ".join(TEXT_SUFFIXES)
     i = sub.add_parser(
@@ -271,7 +367,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
         default="selftest",
         help="selftest (C, the default), python (TraceBuilder code) or text (a text trace)",
     )
-    x.add_argument("--n-pmcs", type=int, default=6, help="PMCs, 1..6 (default 6)")
+    x.add_argument("--n-pmcs", type=n_pmcs_option(), default=6, help="PMCs, 1..6 (default 6)")
 
     d = sub.add_parser(
         "diff",

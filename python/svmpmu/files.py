@@ -13,16 +13,20 @@ import contextlib
 import io
 import os
 import pathlib
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable
 from importlib import resources
 from typing import IO, Literal, Union
 
+import numpy as np
+from numpy.lib import format as npy_format
+
 from . import _core
 from .errors import TraceSyntaxError
 from .model import Op
-from .trace import Trace
+from .trace import COLUMNS, Trace
 
 __all__ = [
     "TEXT_SUFFIXES",
@@ -30,6 +34,8 @@ __all__ = [
     "TraceFileError",
     "detect_format",
     "line_of_record",
+    "read_file_bytes",
+    "read_npz",
     "read_text",
     "read_trace",
     "scenario",
@@ -48,6 +54,8 @@ TEXT_SUFFIXES = (".txt", ".trace")
 """File suffixes :func:`write_trace` writes as text (anything else but ``.npz`` is refused)."""
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_NPY_MAGIC = b"\x93NUMPY"
 _TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 _OP_NAMES = frozenset(op.name for op in Op)
 
@@ -68,12 +76,25 @@ def _read_source(source: TextSource) -> tuple[bytes, str | None]:
         return source.encode(), None
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
-        return path.read_bytes(), str(path)
+        return read_file_bytes(path), str(path)
     data = source.read()
     name = getattr(source, "name", None)
     return (data.encode() if isinstance(data, str) else data), (
         name if isinstance(name, str) else None
     )
+
+
+def read_file_bytes(path: pathlib.Path) -> bytes:
+    """The bytes of the file at ``path``. A character or block device is refused with a
+    :class:`TraceFileError` (``/dev/zero`` would never end) unless it is empty at once, as
+    ``/dev/null`` is; pipes and regular files are read whole."""
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        with path.open("rb") as f:
+            if not f.read(1):
+                return b""
+        raise TraceFileError(f"{path}: a device, not a trace file")
+    return path.read_bytes()
 
 
 def _parse_text(data: bytes, name: str | None) -> Trace:
@@ -125,9 +146,12 @@ def line_of_record(text: bytes, index: int) -> int | None:
 def detect_format(data: bytes) -> Format:
     """What ``data`` (the start of a file is enough) holds: ``"npz"``, ``"text"`` or
     ``"ftrace"``, judged by content, not by a file name. Raises :class:`TraceFileError` for
-    anything else (with a hint for a trace-cmd binary ``trace.dat``)."""
-    if data.startswith(_ZIP_MAGIC):
+    anything else (with a hint for a trace-cmd binary ``trace.dat``, and for a single numpy
+    array ``.npy``)."""
+    if data.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC)):
         return "npz"
+    if data.startswith(_NPY_MAGIC):
+        raise TraceFileError(_npy_message())
     if data.startswith(_TRACE_DAT_MAGIC):
         raise TraceFileError(
             "a trace-cmd binary file (trace.dat): run 'trace-cmd report -i FILE > FILE.txt'"
@@ -162,33 +186,30 @@ def read_trace(
     **ftrace_options: object,
 ) -> Trace:
     """Read a trace from a file of any format svmpmu knows, detected from its content: a
-    ``.npz`` archive (:meth:`Trace.save`), a text trace (:func:`read_text`) or a KVM
-    trace-event capture (:func:`svmpmu.read_ftrace`; ``vcpu`` picks one vCPU when it holds
-    several, and ``ftrace_options`` such as ``rate`` go to the importer). ``source`` may
-    also be the name of a shipped scenario (:func:`scenarios`) when no such file exists.
-    Raises :class:`TraceFileError` for a foreign or truncated file."""
+    ``.npz`` archive (:meth:`Trace.save`, read by :func:`read_npz`), a text trace
+    (:func:`read_text`) or a KVM trace-event capture (:func:`svmpmu.read_ftrace`; ``vcpu``
+    picks one vCPU when it holds several, and ``ftrace_options`` such as ``rate`` go to the
+    importer). ``source`` may also be the name of a shipped scenario (:func:`scenarios`)
+    when no such file exists. Raises :class:`TraceFileError`, in one line, for an empty file
+    (``/dev/null`` included), a foreign file, a single ``.npy`` array, or a truncated,
+    corrupted or foreign ``.npz``; a text trace that cannot be parsed raises
+    :class:`TraceSyntaxError`."""
     if isinstance(source, bytes):
         data, name = source, None
     else:
         path = pathlib.Path(source)
         if not path.exists() and isinstance(source, str) and source in scenarios():
             path = scenario_path(source)
-        data, name = path.read_bytes(), str(path)
+        data, name = read_file_bytes(path), str(path)
     where = f"{name}: " if name else ""
+    if not data:
+        raise TraceFileError(f"{where}empty file: no records")
     try:
         kind = detect_format(data)
     except TraceFileError as e:
         raise TraceFileError(f"{where}{e}") from None
     if kind == "npz":
-        try:
-            trace: Trace = Trace.load(io.BytesIO(data))
-            return trace
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
-            raise TraceFileError(
-                f"{where}a .npz archive that cannot be read (cut short?): {e}"
-            ) from None
-        except (ValueError, TypeError) as e:
-            raise TraceFileError(f"{where}a .npz archive that is not a svmpmu trace: {e}") from None
+        return _npz_trace(data, where)
     if kind == "text":
         return _parse_text(data, name)
     from .ftrace import read_ftrace
@@ -198,15 +219,138 @@ def read_trace(
     if vcpu is None:
         if len(vcpus) == 1:
             return imported.traces[vcpus[0]]
+        if not vcpus:
+            raise TraceFileError(f"{where}a KVM trace with no vCPU events: no records")
         raise TraceFileError(
             f"{where}a KVM trace with {len(vcpus)} vCPUs ({', '.join(map(str, vcpus))}):"
             " choose one (vcpu=N, or --vcpu N)"
         )
     if vcpu not in imported.traces:
         raise TraceFileError(
-            f"{where}no vCPU {vcpu} in this trace (it has {', '.join(map(str, vcpus))})"
+            f"{where}no vCPU {vcpu} in this trace (it has {', '.join(map(str, vcpus)) or 'none'})"
         )
     return imported.traces[vcpu]
+
+
+def read_npz(source: str | os.PathLike[str] | bytes | IO[bytes]) -> Trace:
+    """Read a ``.npz`` trace (as :meth:`Trace.save` writes it) from a path, its bytes or an
+    open binary file, safely: nothing is ever unpickled (``allow_pickle`` stays off), and
+    each column's header is checked before its data is read.
+
+    Raises :class:`TraceFileError`, in one line naming the file, for an empty file, a file
+    that is not a zip archive or is cut short, a corrupted member, an archive without an
+    ``op`` column or with members that are not trace columns, and a column that is not a
+    one-dimensional array of integers (a float or an object column is named with its
+    dtype). Omitted columns other than ``op`` are zeros, as for :class:`Trace`."""
+    name: str | None
+    if isinstance(source, bytes):
+        data, name = source, None
+    elif isinstance(source, (str, os.PathLike)):
+        path = pathlib.Path(source)
+        data, name = read_file_bytes(path), str(path)
+    else:
+        data = source.read()
+        given = getattr(source, "name", None)
+        name = given if isinstance(given, str) else None
+    where = f"{name}: " if name else ""
+    if not data:
+        raise TraceFileError(f"{where}empty file: no records")
+    if data.startswith(_NPY_MAGIC):
+        raise TraceFileError(f"{where}{_npy_message()}")
+    return _npz_trace(data, where)
+
+
+def _npy_message() -> str:
+    """What a ``.npy`` file is told: a single array, not a trace archive."""
+    return (
+        "a single numpy array (.npy), not a trace archive: a trace is a .npz of its six"
+        " columns (op, pmc, cpl, flag, key, value), as Trace.save and svmpmu convert write it"
+    )
+
+
+def _npz_trace(data: bytes, where: str) -> Trace:
+    """The trace in the ``.npz`` archive ``data``; ``where`` (``"FILE: "`` or ``""``)
+    starts every error message."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise TraceFileError(
+            f"{where}a .npz archive that cannot be read (cut short?): {e}"
+        ) from None
+    with archive:
+        members: dict[str, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            if not info.is_dir():
+                members[info.filename.removesuffix(".npy")] = info
+        unknown = sorted(set(members) - set(COLUMNS))
+        if unknown or "op" not in members:
+            held = sorted(members)
+            listed = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "")  # noqa: PLR2004
+            raise TraceFileError(
+                f"{where}a .npz archive that is not a svmpmu trace: it holds"
+                f" {listed or 'nothing'}, where a trace holds the columns {', '.join(COLUMNS)}"
+            )
+        columns = {
+            name: _npz_column(archive, members[name], name, where)
+            for name in COLUMNS
+            if name in members
+        }
+    try:
+        return Trace(**columns)
+    except (ValueError, TypeError) as e:
+        raise TraceFileError(f"{where}a .npz archive that is not a svmpmu trace: {e}") from None
+
+
+def _npz_column(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, where: str
+) -> np.ndarray:
+    """Column ``name`` of ``archive``, read from its member ``info`` after its ``.npy`` header
+    says it is a one-dimensional integer array of the size the member holds."""
+    what = f"{where}column {name!r}"
+    broken = f"{what}: a .npz member that cannot be read (cut short or corrupted?)"
+    try:
+        with archive.open(info) as f:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = npy_format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = npy_format.read_array_header_2_0(f)
+            else:
+                raise TraceFileError(
+                    f"{what}: .npy format version {version[0]}.{version[1]}, which svmpmu"
+                    " does not read (Trace.save writes 1.0)"
+                )
+            _check_column(what, shape, dtype, name)
+            expected = int(shape[0]) * dtype.itemsize
+            if info.file_size - f.tell() != expected:
+                raise TraceFileError(
+                    f"{broken}: its header says {shape[0]} values, its size"
+                    f" {info.file_size - f.tell()} bytes of data"
+                )
+            raw = f.read()  # reading to the end checks the member's CRC
+    except TraceFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a decompressor's error: zlib, bz2, lzma; all the same here)
+        raise TraceFileError(f"{broken}: {e}") from None
+    if len(raw) != expected:
+        raise TraceFileError(f"{broken}: {len(raw)} bytes of data, {expected} expected")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _check_column(what: str, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+    """Refuse a column that is not a one-dimensional array of integers (the dtype named)."""
+    want = np.dtype(COLUMNS[name])
+    if dtype.hasobject:
+        raise TraceFileError(
+            f"{what} has dtype object (pickled Python objects), which svmpmu never loads:"
+            f" not a svmpmu trace (Trace.save writes {want})"
+        )
+    if dtype.kind not in "iub" or dtype.fields is not None:
+        raise TraceFileError(
+            f"{what} has dtype {dtype}, not integers: not a svmpmu trace (Trace.save writes {want})"
+        )
+    if len(shape) != 1:
+        raise TraceFileError(f"{what} has shape {shape}, where a trace column has one dimension")
 
 
 def _umask() -> int:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType, TracebackType
 from typing import Any
 
 import numpy as np
 
 from . import _core
-from ._api import _check_run, _columns, compare
+from ._api import _check_run, _columns, _n_pmcs, compare
 from .mix import Mix
 from .model import Op
 from .policy import Policy, PolicyLike, resolve_policy
@@ -24,6 +29,18 @@ _HG = ("no H/G", "G", "H", "HG")
 _STATE = {0: "svme=0", 1: "host (svme=1)", 3: "guest"}
 _HG_NAME = ("none", "G", "H", "HG")
 _MODE_NAME = {0: "svme0", 1: "host", 3: "guest"}
+
+BLOCK_RECORDS = 2_000_000
+"""The records a block of :func:`fuzz` replays at most (but one trace a worker thread), so that
+a block takes a fraction of a second and an interrupt acts within one."""
+SHRINK_AFTER_INTERRUPT = (1.0, 100_000)
+"""After an interrupted run, :func:`fuzz` shrinks classes for at most this many seconds, and
+only those whose first trace has at most this many records; the others are reported unshrunk."""
+PRINTED_UNSHRUNK = 200
+"""An unshrunk reproducer of at most this many records is printed and serialised; a longer
+one is named by its trace index only."""
+NOT_SHRUNK = "not shrunk"
+"""What the report's ``documented as`` column says of a class left unshrunk."""
 
 
 @dataclass(frozen=True, order=True)
@@ -119,10 +136,16 @@ class DivergenceClass:
     """Per record of the reproducer, the PMCs the policy counted on (bit i: PMC i)."""
     reference_counted: np.ndarray = field(repr=False)
     """The same for the reference."""
+    shrunk: bool = True
+    """False for a class left unshrunk because the run was interrupted: its reproducer is
+    then its first trace as generated (and, for :func:`fuzz`'s classes, made only when asked
+    for)."""
 
     def format(self) -> str:
         """The counterexample: the records, and what the reference (expected) and the policy
         (observed) count on them."""
+        if not self.shrunk:
+            return self._format_unshrunk()
         lines = [
             f"{self.signature.describe()}",
             (
@@ -135,11 +158,27 @@ class DivergenceClass:
         )
         return "\n".join(lines)
 
+    def _format_unshrunk(self) -> str:
+        """An unshrunk class: its first trace, printed only when it is short."""
+        lines = [
+            f"{self.signature.describe()}",
+            (
+                f"  {self.count} traces; first is trace {self.trace_index}"
+                f" ({self.original_length} records), NOT SHRUNK (the run was interrupted)"
+                + (":" if self.original_length <= PRINTED_UNSHRUNK else "")
+            ),
+        ]
+        if self.original_length <= PRINTED_UNSHRUNK:
+            lines += counterexample_lines(
+                self.reproducer, self.comparison, self.policy_counted, self.reference_counted
+            )
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """The class as plain data (for JSON): the reproducer's columns and text, and the
-        counts of both models."""
-        c = self.comparison
-        return {
+        counts of both models. An unshrunk class longer than :data:`PRINTED_UNSHRUNK` records
+        has ``None`` for these (its ``trace_index`` names it)."""
+        head = {
             "name": self.signature.name,
             "signature": {
                 "op": Op(self.signature.op).name,
@@ -152,6 +191,14 @@ class DivergenceClass:
             "count": self.count,
             "trace_index": self.trace_index,
             "original_length": self.original_length,
+            "shrunk": self.shrunk,
+        }
+        if not self.shrunk and self.original_length > PRINTED_UNSHRUNK:
+            omitted = ("reproducer", "policy_counted", "reference_counted", "reproducer_text")
+            return {**head, **dict.fromkeys(omitted), "expected": None, "observed": None}
+        c = self.comparison
+        return {
+            **head,
             "reproducer": {k: v.tolist() for k, v in self.reproducer.columns().items()},
             "policy_counted": self.policy_counted.tolist(),
             "reference_counted": self.reference_counted.tolist(),
@@ -164,6 +211,58 @@ class DivergenceClass:
             },
             "observed": {"counters": c.policy.counters.tolist(), "reads": c.policy.reads.tolist()},
         }
+
+
+class _UnshrunkClass(DivergenceClass):
+    """A class of an interrupted :func:`fuzz` left unshrunk. Its reproducer is its first trace
+    as generated, regenerated and replayed only when asked for, so that an interrupted run
+    ends at once however long its traces are."""
+
+    _source: tuple[tuple[Policy, Policy], tuple[int, int, int, Mix]]
+
+    def __init__(
+        self,
+        sig: Signature,
+        count: int,
+        first: int,
+        models: tuple[Policy, Policy],
+        run: tuple[int, int, int, Mix],
+    ) -> None:
+        """Class ``sig`` of ``models`` (policy, reference), ``count`` traces, the first being
+        trace ``first`` of ``run`` (seed, length, n_pmcs, mix)."""
+        for name, value in (
+            ("signature", sig),
+            ("count", count),
+            ("trace_index", first),
+            ("original_length", run[1]),
+            ("shrunk", False),
+        ):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_source", (models, run))
+
+    @functools.cached_property
+    def reproducer(self) -> Trace:
+        """The class's first trace, regenerated."""
+        _models, (seed, length, n_pmcs, mix) = self._source
+        return _regenerate(seed, self.trace_index, length, n_pmcs, mix)
+
+    @functools.cached_property
+    def comparison(self) -> Comparison:
+        """The first trace replayed through both models."""
+        (p, q), run = self._source
+        return compare(self.reproducer, p, q, n_pmcs=run[2])
+
+    @functools.cached_property
+    def policy_counted(self) -> np.ndarray:
+        """Per record of the first trace, the PMCs the policy counted on."""
+        (p, _q), run = self._source
+        return _core.count_masks(_columns(self.reproducer), p._core_knobs, run[2])
+
+    @functools.cached_property
+    def reference_counted(self) -> np.ndarray:
+        """The same for the reference."""
+        (_p, q), run = self._source
+        return _core.count_masks(_columns(self.reproducer), q._core_knobs, run[2])
 
 
 def counterexample_lines(
@@ -207,7 +306,9 @@ def _who_counted(policy: int, reference: int) -> str:
 @dataclass(frozen=True)
 class FuzzReport:
     """The result of :func:`fuzz`. ``complete`` is False when the run was interrupted; the
-    figures then cover the traces done so far (``traces`` of ``requested``)."""
+    figures then cover the traces done so far (``traces`` of ``requested``). ``interrupted``
+    is True when the run or the shrinking was; classes left unshrunk then have
+    ``shrunk=False``."""
 
     policy: Policy
     reference: Policy
@@ -229,6 +330,19 @@ class FuzzReport:
     gone: tuple[DivergenceClass, ...] = ()
     """With a baseline: the classes ``B`` shows on a trace where the policy does not (their
     reproducers and counts are ``B``'s against the reference)."""
+    interrupted: bool = False
+    """A SIGINT (KeyboardInterrupt) or SIGTERM stopped the run or the shrinking of the classes:
+    the report holds what was finished."""
+
+    def trace(self, index: int) -> Trace:
+        """Trace ``index`` of the run, regenerated from its seed (the same trace whatever the
+        threads and blocks of the run)."""
+        return _regenerate(self.seed, index, self.length, self.n_pmcs, self.mix)
+
+    @property
+    def unshrunk(self) -> int:
+        """How many classes (``classes`` and ``gone``) were left unshrunk by an interrupt."""
+        return sum(not c.shrunk for c in (*self.classes, *self.gone))
 
     @property
     def records_per_second(self) -> float:
@@ -275,6 +389,7 @@ class FuzzReport:
             ]
         why = self._documented() if documented else {}
         width = max((len(w) for w in why.values()), default=0)
+        width = max(width, len("documented as")) if why else 0
         for title, tag, classes in sections:
             if title:
                 lines += ["", title]
@@ -283,11 +398,13 @@ class FuzzReport:
                 column = f"  {'documented as':<{width}}" if why else ""
                 lines.append(f"{'#':>4}  {'traces':>9}  {'min':>3}{column}  class")
                 lines.extend(
-                    f"{tag}{k:>3}  {c.count:>9}  {len(c.reproducer):>3}"
+                    f"{tag}{k:>3}  {c.count:>9}  {len(c.reproducer) if c.shrunk else '*':>3}"
                     + (f"  {why[c.signature]:<{width}}" if why else "")
                     + f"  {c.signature.describe()}"
                     for k, c in enumerate(classes)
                 )
+        if self.unshrunk:
+            lines += ["", self._unshrunk_note()]
         if why:
             lines += ["", self._documented_summary(why)]
         if counterexamples:
@@ -297,13 +414,27 @@ class FuzzReport:
                     lines.append(f"[{tag}{k}] " + c.format())
         return "\n".join(lines)
 
+    def _unshrunk_note(self) -> str:
+        """What the ``*`` in the ``min`` column means."""
+        when = "the run" if not self.complete else "the shrinking"
+        return (
+            f"interrupted: {self.unshrunk} classes marked * are not shrunk ({when} was"
+            " interrupted); their reproducer is their first trace as generated (trace_index),"
+            " which a run of as many traces shrinks"
+        )
+
     def _documented(self) -> dict[Signature, str]:
-        """Each class's documented choice(s), or ``UNDOCUMENTED``."""
+        """Each class's documented choice(s), or ``UNDOCUMENTED`` (``not shrunk`` for a class
+        left unshrunk: the check would replay its whole first trace)."""
         from .documented import explained_by
 
         return {
-            c.signature: "+".join(explained_by(c, self.policy, self.reference, self.n_pmcs))
-            or "UNDOCUMENTED"
+            c.signature: (
+                "+".join(explained_by(c, self.policy, self.reference, self.n_pmcs))
+                or "UNDOCUMENTED"
+            )
+            if c.shrunk
+            else NOT_SHRUNK
             for c in self.classes
         }
 
@@ -311,6 +442,8 @@ class FuzzReport:
         from .documented import documented_choices
 
         choices = documented_choices(self.policy, self.reference)
+        unchecked = sum(w == NOT_SHRUNK for w in why.values())
+        why = {s: w for s, w in why.items() if w != NOT_SHRUNK}
         undocumented = sum(w == "UNDOCUMENTED" for w in why.values())
         if not choices:
             return (
@@ -318,12 +451,17 @@ class FuzzReport:
                 " class is a divergence to look at (svmpmu explain on a reproducer)."
             )
         parts = [f"{c.name} ({sum(c.name in w for w in why.values())})" for c in choices]
+        if unchecked and not why:
+            return f"{unchecked} classes not shrunk, so not checked against the documented choices."
+        which = " shrunk" if unchecked else ""
         verdict = (
-            f"all {len(why)} classes come from the documented choices of the merged code"
+            f"all {len(why)}{which} classes come from the documented choices of the merged code"
             if not undocumented
-            else f"{undocumented} of {len(why)} classes are UNDOCUMENTED (not explained by the"
-            " documented choices of the merged code): look at them first"
+            else f"{undocumented} of {len(why)}{which} classes are UNDOCUMENTED (not explained by"
+            " the documented choices of the merged code): look at them first"
         )
+        if unchecked:
+            verdict += f" ({unchecked} not shrunk, not checked)"
         return (
             f"{verdict}: {', '.join(parts)}. What each choice is: README, 'What final does"
             " differently, proven'; --full prints every reproducer."
@@ -348,6 +486,7 @@ class FuzzReport:
             "classes": [c.to_dict() for c in self.classes],
             "baseline": None if self.baseline is None else str(self.baseline),
             "gone": [c.to_dict() for c in self.gone],
+            "interrupted": self.interrupted,
         }
 
     def to_json(self, **kwargs: Any) -> str:  # noqa: ANN401 (json.dumps's options, passed on)
@@ -374,9 +513,18 @@ def fuzz(
     into classes by :class:`Signature`. Each class keeps its count and its first trace, shrunk
     to a minimal reproducer that still shows the class.
 
-    The work runs in blocks of ``block`` traces; ``progress(done, total)`` is called after each.
-    A KeyboardInterrupt between blocks stops the run and returns the partial report
-    (``complete=False``). Results are the same for any ``threads`` and any ``block``.
+    The work runs in blocks of at most ``block`` traces (a positive int) and at most
+    :data:`BLOCK_RECORDS` records (but one trace a worker thread), so that a block takes well
+    under a second; ``progress(done, total)`` is called after each. Results are the same for
+    any ``threads`` and any ``block``: every figure is a function of the trace indices.
+
+    Interrupts: on the main thread, a SIGINT (or a SIGTERM whose handler is a Python
+    function) is deferred to the end of the block under way, so a finished block is never
+    lost; the run then stops and the report is partial (``complete=False``,
+    ``interrupted=True``), its classes shrunk for at most about a second
+    (:data:`SHRINK_AFTER_INTERRUPT`). An interrupt while shrinking keeps the classes shrunk so
+    far and leaves the others unshrunk (``shrunk=False``: their reproducer is their first
+    trace as generated). A KeyboardInterrupt raised by ``progress`` stops the run likewise.
 
     With ``baseline`` (another policy), every trace is also replayed through the baseline
     against the same reference, and the report diffs the two designs trace by trace:
@@ -388,37 +536,50 @@ def fuzz(
     b = None if baseline is None else resolve_policy(baseline)
     bk = None if b is None else b._core_knobs
     mix = mix if mix is not None else Mix()
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
+        raise TypeError(f"block must be an int, got {type(block).__name__}")
+    if block < 1:
+        raise ValueError(f"block must be a positive number of traces, got {block}")
+    given: object = n_pmcs  # a numpy integer is taken too
+    n_pmcs = _n_pmcs(int(given) if isinstance(given, np.integer) else n_pmcs)
     _check_run(traces, length, seed, threads)
     # Fail on a bad policy, mix or n_pmcs before any work.
     pk, qk = p._core_knobs, q._core_knobs
     _core.fuzz_range(pk, qk, seed, length, n_pmcs, mix, 0, 0, threads)
+    step = _block_traces(int(block), length, threads)
     done = records = diverging = 0
     tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
     gone_tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
     complete = True
     start = time.perf_counter()
-    try:
-        while done < traces:
-            end = min(done + block, traces)
-            _n, r, d, classes, lost = _core.fuzz_range(
-                pk, qk, seed, length, n_pmcs, mix, done, end, threads, bk
-            )
-            records += r
-            diverging += d
-            for into, found_here in ((tallies, classes), (gone_tallies, lost)):
-                for sig, count, first in found_here:
-                    t = into.setdefault(sig, [0, first])
-                    t[0] += count
-                    t[1] = min(t[1], first)
-            done = end
-            if progress is not None:
-                progress(done, traces)
-    except KeyboardInterrupt:
-        complete = False
-    seconds = time.perf_counter() - start
-    run = (seed, length, n_pmcs, mix)
-    found = _classes(tallies, p, q, b, run)
-    gone = _classes(gone_tallies, b, q, p, run) if b is not None else ()
+    deferred = _DeferredSignals()
+    with deferred:
+        try:
+            deferred.check()
+            while done < traces:
+                end = min(done + step, traces)
+                _n, r, d, classes, lost = _core.fuzz_range(
+                    pk, qk, seed, length, n_pmcs, mix, done, end, threads, bk
+                )
+                records += r
+                diverging += d
+                for into, found_here in ((tallies, classes), (gone_tallies, lost)):
+                    for sig, count, first in found_here:
+                        t = into.setdefault(sig, [0, first])
+                        t[0] += count
+                        t[1] = min(t[1], first)
+                done = end
+                if progress is not None:
+                    progress(done, traces)
+                deferred.check()
+        except KeyboardInterrupt:
+            complete = False
+        seconds = time.perf_counter() - start
+        run = (seed, length, n_pmcs, mix)
+        shrinking = _Shrinking(deferred, after_interrupt=not complete)
+        found = _classes(tallies, p, q, b, run, shrinking)
+        gone = _classes(gone_tallies, b, q, p, run, shrinking) if b is not None else ()
+        shrinking.checkpoint()
     return FuzzReport(
         policy=p,
         reference=q,
@@ -435,7 +596,105 @@ def fuzz(
         mix=mix,
         baseline=b,
         gone=gone,
+        interrupted=not complete or shrinking.stopped,
     )
+
+
+def _block_traces(block: int, length: int, threads: int | None) -> int:
+    """Traces per block: at most ``block`` and :data:`BLOCK_RECORDS` records, but at least
+    one a worker thread (a trace runs on one thread: fewer would leave threads idle)."""
+    workers = threads if threads is not None else _default_threads()
+    return max(1, min(block, max(workers, BLOCK_RECORDS // max(length, 1))))
+
+
+def _default_threads() -> int:
+    """The threads the core uses when it is not told: RAYON_NUM_THREADS, or the cores."""
+    try:
+        n = int(os.environ.get("RAYON_NUM_THREADS", "0"))
+    except ValueError:
+        n = 0
+    if n > 0:
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _DeferredSignals:
+    """While active, on the main thread: a SIGINT or SIGTERM whose handler is a Python
+    function is only noted when it arrives, and that handler runs at the next :meth:`check`,
+    between two steps of work, so that a step that finished is never thrown away (SIGINT's
+    default handler then raises KeyboardInterrupt there). Elsewhere it does nothing."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        """Inactive until entered."""
+        self._saved: dict[int, Callable[[int, FrameType | None], Any]] = {}
+        self._pending: list[int] = []
+
+    def __enter__(self) -> None:
+        """Put the noting handler in place of each Python handler of SIGINT and SIGTERM."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self._saved[signum] = handler
+                    signal.signal(signum, self._note)
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        """The handler while active: note the signal for the next :meth:`check`."""
+        self._pending.append(signum)
+
+    def check(self) -> None:
+        """Run the handlers of the signals that arrived since the last check; SIGINT's raises
+        KeyboardInterrupt."""
+        while self._pending:
+            signum = self._pending.pop(0)
+            self._saved[signum](signum, None)
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        """Put the handlers back, and deliver a signal that arrived after the last check."""
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+        pending, self._pending = self._pending, []
+        for signum in pending:
+            signal.raise_signal(signum)
+
+
+class _Shrinking:
+    """Whether :func:`fuzz` may shrink the next class: not once an interrupt came while
+    shrinking, and after an interrupted run only within :data:`SHRINK_AFTER_INTERRUPT`."""
+
+    def __init__(self, deferred: _DeferredSignals, *, after_interrupt: bool) -> None:
+        """Shrinking under ``deferred``'s signals; ``after_interrupt`` when the run was."""
+        self.deferred = deferred
+        self.stopped = False
+        seconds, self.max_length = SHRINK_AFTER_INTERRUPT
+        self.deadline = time.perf_counter() + seconds if after_interrupt else None
+        self.checkpoint()
+
+    def allowed(self, length: int) -> bool:
+        """Whether a class whose first trace has ``length`` records is to be shrunk."""
+        if self.stopped:
+            return False
+        if self.deadline is None:
+            return True
+        return length <= self.max_length and time.perf_counter() < self.deadline
+
+    def checkpoint(self) -> None:
+        """Stop shrinking if an interrupt arrived (what was shrunk is kept)."""
+        try:
+            self.deferred.check()
+        except KeyboardInterrupt:
+            self.stopped = True
 
 
 def _classes(
@@ -444,15 +703,19 @@ def _classes(
     q: Policy,
     without: Policy | None,
     run: tuple[int, int, int, Mix],
+    shrinking: _Shrinking,
 ) -> tuple[DivergenceClass, ...]:
     """The classes of ``tallies`` (``p`` against ``q``), most frequent first, each with its
     first trace shrunk to a reproducer that keeps showing it (and, with ``without``, keeps
-    ``without`` from showing it)."""
+    ``without`` from showing it), as far as ``shrinking`` allows; the others unshrunk."""
     seed, length, n_pmcs, mix = run
     pk, qk = p._core_knobs, q._core_knobs
     wk = None if without is None else without._core_knobs
-    found = []
+    found: list[DivergenceClass] = []
     for sig, (count, first) in sorted(tallies.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        if not shrinking.allowed(length):
+            found.append(_UnshrunkClass(Signature(*sig), count, first, (p, q), run))
+            continue
         original = _regenerate(seed, first, length, n_pmcs, mix)
         small = Trace(*_core.shrink(_columns(original), sig, pk, qk, n_pmcs, wk))
         columns = _columns(small)
@@ -468,6 +731,7 @@ def _classes(
                 reference_counted=_core.count_masks(columns, qk, n_pmcs),
             )
         )
+        shrinking.checkpoint()
     return tuple(found)
 
 

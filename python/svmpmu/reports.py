@@ -21,24 +21,68 @@ from .model import Op
 __all__ = ["ReportDiff", "diff_reports", "load_report"]
 
 _RUN_FIELDS = ("reference", "seed", "length", "n_pmcs", "traces", "mix")
+_JSON_KINDS = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A fuzz or verify report written with ``--json``; a ValueError saying what is wrong
-    for anything else."""
-    text = pathlib.Path(path).read_text()
+    """A fuzz or verify report written with ``--json``; a ValueError, in one line naming the
+    file, for anything else: an empty file, a file that is not UTF-8 text, JSON cut short or
+    malformed, JSON that is not a report, or a class the report cannot name."""
+    data_bytes = pathlib.Path(path).read_bytes()
+    expected = "expected the JSON of svmpmu fuzz --json or svmpmu verify --json"
+    if not data_bytes.strip():
+        raise ValueError(f"{path}: empty file; {expected}")
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not text (not UTF-8 at byte {e.start}); {expected}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path}: not JSON ({e}); expected a report of svmpmu fuzz --json"
-        ) from None
+        if e.msg.startswith("Unterminated string") or not text[e.pos :].strip():
+            raise ValueError(
+                f"{path}: JSON cut short (it ends inside a value, at line {e.lineno}, column"
+                f" {e.colno} or after); {expected}"
+            ) from None
+        raise ValueError(f"{path}: not JSON ({e}); {expected}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be a report; {expected}") from None
     if not isinstance(data, dict) or "classes" not in data or "policy" not in data:
         raise ValueError(
             f"{path}: not a svmpmu report (no 'policy' and 'classes'); expected the JSON of"
             " svmpmu fuzz --json or svmpmu verify --json"
         )
+    classes = data["classes"]
+    if not isinstance(classes, list):
+        raise ValueError(f"{path}: not a svmpmu report ('classes' is not a list); {expected}")
+    for k, c in enumerate(classes):
+        problem = _class_problem(c)
+        if problem:
+            raise ValueError(
+                f"{path}: class #{k} is not a class of a svmpmu report ({problem}); {expected}"
+            )
     return data
+
+
+def _class_problem(c: object) -> str:
+    """What keeps ``c`` from being a class of a report ("" when nothing does)."""
+    if not isinstance(c, dict):
+        return f"a JSON {_JSON_KINDS.get(type(c), 'value')}, not an object"
+    try:
+        _name(c)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return f"no name: {e!r}"
+    count = c.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+        return f"its count is {count!r}, not a whole number"
+    return ""
 
 
 def _name(c: dict[str, Any]) -> str:

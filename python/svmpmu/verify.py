@@ -208,6 +208,11 @@ def verify(
     ``progress(states, depth)`` is called once a breadth-first layer. The result is the same
     for any ``threads``.
 
+    An interrupt (SIGINT, or a KeyboardInterrupt raised by ``progress``) gives no verdict, since
+    a partial exploration proves nothing: ``verify`` raises KeyboardInterrupt, once the core
+    returns (``svmpmu verify`` runs the exploration on a worker thread, so that it exits with
+    status 130 at once).
+
     >>> verify("arch").equivalent
     True
     """
