@@ -257,6 +257,11 @@ def read_npz(source: str | os.PathLike[str] | bytes | IO[bytes]) -> Trace:
         raise TraceFileError(f"{where}empty file: no records")
     if data.startswith(_NPY_MAGIC):
         raise TraceFileError(f"{where}{_npy_message()}")
+    if not data.startswith(_ZIP_MAGIC):
+        raise TraceFileError(
+            f"{where}not a .npz archive (it does not start as a zip file does);"
+            " svmpmu.read_trace reads text traces and KVM captures too"
+        )
     return _npz_trace(data, where)
 
 

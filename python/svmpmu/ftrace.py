@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO, Union
 
 from . import _core
-from .files import TraceFileError
+from .files import TraceFileError, read_file_bytes
 from .model import CPL_USER, INSTRUCTIONS_RETIRED
 from .trace import Trace
 
@@ -121,7 +121,7 @@ def _read(source: FtraceSource) -> tuple[bytes, str | None]:
         return source.encode("utf-8", "surrogateescape"), None
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
-        return path.read_bytes(), str(path)
+        return read_file_bytes(path), str(path)
     read = getattr(source, "read", None)
     if callable(read):
         data = read()

@@ -221,9 +221,12 @@ class Trace:
 
     @classmethod
     def load(cls, path: FileLike) -> Trace:
-        """Read a trace written by :meth:`save`."""
-        with np.load(path) as data:
-            return cls.from_columns({name: data[name] for name in data.files})
+        """Read a trace written by :meth:`save` (a ``.npz`` archive of the columns). A file
+        that is not one, or is cut short, raises :class:`~svmpmu.TraceFileError` saying so;
+        nothing in it is ever unpickled. :func:`svmpmu.read_trace` reads any trace format."""
+        from .files import read_npz
+
+        return read_npz(path)
 
     def __len__(self) -> int:
         """The number of records."""
