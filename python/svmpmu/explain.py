@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _core
 from ._api import _columns, _n_pmcs
+from ._values import dataclass_eq
 from .model import Op
 from .policy import Policy, PolicyLike, resolve_policy
 from .trace import Trace, format_record, selector_text
@@ -65,7 +66,7 @@ MODE_NAMES = ("L1 SVME=0", "L1 SVME=1", "?", "L2")
 """The modes by their code (bit 0 SVME, bit 1 guest mode)."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Explanation:
     """Per record and per model (0: the policy, 1: the reference), what was counted and why.
 
@@ -77,6 +78,9 @@ class Explanation:
     ``reads``: each model's READ values. ``parting``: the records where the two models counted
     differently or READ different values; ``first_divergence`` the first of them (or None).
     """
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: not hashable
 
     trace: Trace
     policy: Policy

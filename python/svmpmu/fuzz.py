@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core
 from ._api import _check_run, _columns, _n_pmcs, compare
+from ._values import dataclass_eq
 from .mix import Mix
 from .model import Op
 from .policy import Policy, PolicyLike, resolve_policy
@@ -125,6 +126,9 @@ class Signature:
 class DivergenceClass:
     """One class of divergences: how many traces show it, the first one that does (its index
     in the run) and that trace shrunk to a minimal reproducer."""
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: not hashable
 
     signature: Signature
     count: int
@@ -309,6 +313,9 @@ class FuzzReport:
     figures then cover the traces done so far (``traces`` of ``requested``). ``interrupted``
     is True when the run or the shrinking was; classes left unshrunk then have
     ``shrunk=False``."""
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: not hashable
 
     policy: Policy
     reference: Policy

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._api import compare, simulate, validate
+from ._values import dataclass_eq
 from .model import MAX_PMCS, Op
 from .policy import Policy, PolicyLike, resolve_policy
 from .trace import COLUMNS, Trace
@@ -52,7 +53,7 @@ def _frozen(array: np.ndarray | None) -> np.ndarray:
     return view
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Timeline:
     """The state after each record of a trace under a policy and a reference.
 
@@ -66,6 +67,9 @@ class Timeline:
     overflow or PMI counts) differ, even if they agree again later (after a WRMSR_CTR or a
     RESET); None when they never do. The arrays are read-only.
     """
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: not hashable
 
     policy: Policy
     reference: Policy

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _core
 from ._api import _columns, _n_pmcs, compare
+from ._values import dataclass_eq
 from .fuzz import Signature, counterexample_lines
 from .policy import Policy, PolicyLike, resolve_policy
 from .result import Comparison
@@ -30,6 +31,9 @@ __all__ = ["VerifiedClass", "Verdict", "verify"]
 class VerifiedClass:
     """One reachable divergence class and its shortest witness: a diverging trace with a
     record of the class, as short as any can be."""
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: not hashable
 
     signature: Signature
     witness: Trace
@@ -78,6 +82,9 @@ class VerifiedClass:
 @dataclass(frozen=True)
 class Verdict:
     """The result of :func:`verify`."""
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: not hashable
 
     policy: Policy
     reference: Policy
