@@ -12,6 +12,10 @@ pub enum CoreError {
     Value(String),
     /// An allocation the arguments asked for failed (a trace too long for the memory).
     Memory(String),
+    /// The call was asked to stop between two of its chunks (`crate::cancel`): in Python, a
+    /// signal handler raised (SIGINT's raises KeyboardInterrupt), and that exception is the
+    /// call's.
+    Interrupted,
 }
 
 impl fmt::Display for CoreError {
@@ -21,6 +25,7 @@ impl fmt::Display for CoreError {
             CoreError::Policy(msg) | CoreError::Value(msg) | CoreError::Memory(msg) => {
                 f.write_str(msg)
             }
+            CoreError::Interrupted => f.write_str("interrupted"),
         }
     }
 }

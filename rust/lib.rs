@@ -1,11 +1,14 @@
 //! svmpmu's native core. The model lives in plain-Rust modules (no PyO3 there); this file is
 //! the thin PyO3 glue: it borrows numpy columns, releases the GIL, runs the core and maps its
-//! errors to the Python exceptions of `svmpmu.errors`.
+//! errors to the Python exceptions of `svmpmu.errors`. Every call into the core goes through
+//! [`python::run`]: no panic reaches Python, and a long call stops at a signal.
 
+pub mod cancel;
 pub mod error;
 pub mod explain;
 pub mod ftrace;
 pub mod fuzz;
+pub mod memory;
 pub mod model;
 pub mod replay;
 pub mod text;
@@ -14,18 +17,23 @@ pub mod verify;
 
 #[cfg(feature = "python")]
 pub(crate) mod python {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Mutex;
+
     use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
-    use pyo3::exceptions::{PyTypeError, PyValueError};
+    use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::pybacked::PyBackedStr;
     use pyo3::types::{PyDict, PyList, PyTuple};
 
+    use crate::cancel::Cancel;
     use crate::error::CoreError;
-    use crate::fuzz::gen::{Generator, Mix};
+    use crate::fuzz::gen::{self, Generator, Mix};
     use crate::fuzz::{self, FuzzSpec, Signature};
     use crate::model::op;
     use crate::model::{Policy, KNOBS, PRESETS};
-    use crate::replay::{self, batch, pool, split, SimResult};
+    use crate::replay::pool::Pool;
+    use crate::replay::{self, batch, split, SimResult};
     use crate::trace::{self, TraceBuf, TraceRef};
     use crate::verify::VerifySpec;
 
@@ -56,6 +64,55 @@ pub(crate) mod python {
             CoreError::Policy(msg) => build("PolicyError", PyTuple::new(py, [msg]).unwrap()),
             CoreError::Value(msg) => PyValueError::new_err(msg),
             CoreError::Memory(msg) => pyo3::exceptions::PyMemoryError::new_err(msg),
+            CoreError::Interrupted => PyKeyboardInterrupt::new_err(()),
+        }
+    }
+
+    /// Run `f`, a call into the core, with the GIL released:
+    ///
+    /// - its [`Cancel`] polls Python's signal handlers (`check_signals`, on this thread, at
+    ///   most every 10 ms, each time `f` checks it between two of its chunks or while it waits
+    ///   for a pool): when a handler raises (SIGINT's raises KeyboardInterrupt), `f` stops
+    ///   at its next check and the call raises that exception, whatever `f` returned;
+    /// - a panic in `f`, on this thread or on a thread of a pool (rayon hands those to the
+    ///   thread that waits on them), becomes a RuntimeError, never a PanicException;
+    /// - a core error becomes its exception ([`to_py`]).
+    pub(crate) fn run<T: Send>(
+        py: Python<'_>,
+        f: impl for<'c> FnOnce(&Cancel<'c>) -> Result<T, CoreError> + Send,
+    ) -> PyResult<T> {
+        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let poll = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    if let Ok(mut slot) = raised.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    true
+                }
+            })
+        };
+        let out = py.detach(|| {
+            let cancel = Cancel::new(&poll);
+            catch_unwind(AssertUnwindSafe(|| f(&cancel)))
+        });
+        if let Some(e) = raised.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        match out {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(to_py(py, e)),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(PyRuntimeError::new_err(format!(
+                    "internal error in svmpmu's core: {what} (please report it)"
+                )))
+            }
         }
     }
 
@@ -171,13 +228,11 @@ pub(crate) mod python {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let p = policy_from_py(policy)?;
         let t = borrow(&columns)?;
-        let r = py
-            .detach(|| {
-                // By default, as many threads as the rayon pool (RAYON_NUM_THREADS or cores).
-                let n = threads.unwrap_or_else(rayon::current_num_threads);
-                split::simulate_on(&t, &p, n_pmcs, timeline, n)
-            })
-            .map_err(|e| to_py(py, e))?;
+        // By default, as many threads as the pool has (RAYON_NUM_THREADS or cores).
+        let n = threads.unwrap_or(usize::MAX);
+        let r = run(py, |cancel| {
+            split::simulate_on_with(&t, &p, n_pmcs, timeline, n, cancel)
+        })?;
         result_tuple(py, r)
     }
 
@@ -192,9 +247,9 @@ pub(crate) mod python {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (p, q) = policy_pair(policy, reference)?;
         let t = borrow(&columns)?;
-        let c = py
-            .detach(|| replay::compare(&t, &p, &q, n_pmcs))
-            .map_err(|e| to_py(py, e))?;
+        let c = run(py, |cancel| {
+            replay::compare_with(&t, &p, &q, n_pmcs, cancel)
+        })?;
         PyTuple::new(
             py,
             [
@@ -216,7 +271,7 @@ pub(crate) mod python {
     ) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let p = policy_from_py(policy)?;
         let t = borrow_valid(py, &columns, n_pmcs)?;
-        let masks = py.detach(|| replay::count_masks(&t, &p, n_pmcs));
+        let masks = run(py, |_| replay::try_count_masks(&t, &p, n_pmcs))?;
         Ok(arr(py, masks))
     }
 
@@ -224,13 +279,18 @@ pub(crate) mod python {
     #[pyfunction]
     fn validate(py: Python<'_>, columns: Columns<'_>, n_pmcs: usize) -> PyResult<()> {
         let t = borrow(&columns)?;
-        py.detach(|| trace::validate(&t, n_pmcs))
-            .map_err(|e| to_py(py, e))
+        run(py, |cancel| trace::validate_with(&t, n_pmcs, cancel))
     }
 
-    /// [`pool::with_threads`], its error a Python exception.
-    fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-        pool::with_threads(threads, f).map_err(|e| PyValueError::new_err(e.to_string()))
+    /// `f` on a pool of `threads` threads ([`Pool::new`]: the global one by default, the
+    /// calling thread alone when no thread can start), the calling thread polling `cancel`
+    /// meanwhile.
+    fn on_pool<T: Send>(
+        threads: Option<usize>,
+        cancel: &Cancel<'_>,
+        f: impl FnOnce() -> Result<T, CoreError> + Send,
+    ) -> Result<T, CoreError> {
+        Pool::new(threads)?.run(cancel, f)
     }
 
     /// The generator's default mix (or, with `workload`, the workload-like one), as a dict
@@ -327,10 +387,14 @@ pub(crate) mod python {
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let g = generator(py, mix, n_pmcs)?;
-        let buf = py
-            .detach(|| with_threads(threads, || g.batch(seed, n_traces, length)))?
-            .map_err(|e| to_py(py, e))?;
-        let offsets: Vec<u64> = (0..=n_traces as u64).map(|i| i * length as u64).collect();
+        let (buf, offsets) = run(py, |cancel| {
+            // The offsets first: an impossible count fails before any record is drawn.
+            let offsets = gen::batch_offsets(n_traces, length)?;
+            let buf = on_pool(threads, cancel, || {
+                g.batch_with(seed, n_traces, length, cancel)
+            })?;
+            Ok((buf, offsets))
+        })?;
         PyTuple::new(
             py,
             [
@@ -351,9 +415,7 @@ pub(crate) mod python {
         mix: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let g = generator(py, mix, n_pmcs)?;
-        let buf = py
-            .detach(|| g.try_trace(seed, index, length))
-            .map_err(|e| to_py(py, e))?;
+        let buf = run(py, |cancel| g.try_trace_with(seed, index, length, cancel))?;
         columns_tuple(py, buf)
     }
 
@@ -372,9 +434,11 @@ pub(crate) mod python {
         let p = policy_from_py(policy)?;
         let t = borrow(&columns)?;
         let off = slice(&offsets)?;
-        let out = py
-            .detach(|| with_threads(threads, || batch::simulate_batch(&t, off, &p, n_pmcs)))?
-            .map_err(|e| to_py(py, e))?;
+        let out = run(py, |cancel| {
+            on_pool(threads, cancel, || {
+                batch::simulate_batch_with(&t, off, &p, n_pmcs, cancel)
+            })
+        })?;
         let n = out.n_traces;
         let shape = [n, n_pmcs];
         let two_d = |v: Vec<u64>| -> PyResult<Bound<'py, PyAny>> {
@@ -437,9 +501,11 @@ pub(crate) mod python {
         if end < start {
             return Err(PyValueError::new_err("end < start"));
         }
-        let tally = py
-            .detach(|| with_threads(threads, || fuzz::fuzz_range(&spec, start, end)))?
-            .map_err(|e| to_py(py, e))?;
+        let tally = run(py, |cancel| {
+            on_pool(threads, cancel, || {
+                fuzz::fuzz_range_with(&spec, start, end, cancel)
+            })
+        })?;
         let classes = PyList::empty(py);
         for (sig, c) in &tally.classes {
             classes.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
@@ -491,9 +557,9 @@ pub(crate) mod python {
                 });
             }
         };
-        let verdict = py
-            .detach(|| with_threads(threads, || crate::verify::verify(&spec, &report)))?
-            .map_err(|e| to_py(py, e))?;
+        let verdict = run(py, |_| {
+            crate::replay::pool::with_threads(threads, || crate::verify::verify(&spec, &report))?
+        })?;
         if let Some(e) = failed.into_inner().ok().flatten() {
             return Err(e);
         }
@@ -524,7 +590,7 @@ pub(crate) mod python {
     ) -> PyResult<Bound<'py, PyList>> {
         let (p, q) = policy_pair(policy, reference)?;
         let t = borrow_valid(py, &columns, n_pmcs)?;
-        let sigs = py.detach(|| fuzz::signatures(&t, &p, &q, n_pmcs));
+        let sigs = run(py, |_| fuzz::try_signatures(&t, &p, &q, n_pmcs))?;
         let out = PyList::empty(py);
         for s in &sigs {
             out.append(sig_tuple(py, s)?)?;
@@ -549,7 +615,9 @@ pub(crate) mod python {
         let b = baseline.map(policy_from_py).transpose()?;
         let t = borrow_valid(py, &columns, n_pmcs)?;
         let sig = sig_from(signature);
-        let buf = py.detach(|| fuzz::shrink_against(&t, sig, &p, &q, b.as_ref(), n_pmcs));
+        let buf = run(py, |_| {
+            Ok(fuzz::shrink_against(&t, sig, &p, &q, b.as_ref(), n_pmcs))
+        })?;
         columns_tuple(py, buf)
     }
 

@@ -135,13 +135,11 @@ impl TraceBuf {
     /// Room for `n` records, or an error if the memory cannot be had (`n` comes from users:
     /// a failed allocation must be an error, not an abort).
     pub fn try_with_capacity(n: usize) -> Result<Self, CoreError> {
+        // The error names the bytes of the whole trace, 16 a record.
         fn column<T>(n: usize) -> Result<Vec<T>, CoreError> {
             let mut v = Vec::new();
             v.try_reserve_exact(n).map_err(|_| {
-                CoreError::Memory(format!(
-                    "cannot allocate {n} records ({} bytes)",
-                    n.saturating_mul(16)
-                ))
+                crate::memory::error(n as u128 * 16, &format!("a trace of {n} records"))
             })?;
             Ok(v)
         }
@@ -156,14 +154,25 @@ impl TraceBuf {
     }
 
     /// `n` zero records, or an error if the memory cannot be had.
+    /// The zeros are written in parallel on the current rayon pool
+    /// ([`crate::memory::fill_zeros`]).
     pub fn try_zeroed(n: usize) -> Result<Self, CoreError> {
+        TraceBuf::try_zeroed_with(n, &crate::cancel::Cancel::never())
+    }
+
+    /// [`TraceBuf::try_zeroed`], checking `cancel` as it writes the zeros.
+    pub fn try_zeroed_with(
+        n: usize,
+        cancel: &crate::cancel::Cancel<'_>,
+    ) -> Result<Self, CoreError> {
+        use crate::memory::fill_zeros;
         let mut t = TraceBuf::try_with_capacity(n)?;
-        t.op.resize(n, 0);
-        t.pmc.resize(n, 0);
-        t.cpl.resize(n, 0);
-        t.flag.resize(n, 0);
-        t.key.resize(n, 0);
-        t.value.resize(n, 0);
+        fill_zeros(&mut t.op, n, cancel)?;
+        fill_zeros(&mut t.pmc, n, cancel)?;
+        fill_zeros(&mut t.cpl, n, cancel)?;
+        fill_zeros(&mut t.flag, n, cancel)?;
+        fill_zeros(&mut t.key, n, cancel)?;
+        fill_zeros(&mut t.value, n, cancel)?;
         Ok(t)
     }
 
@@ -464,14 +473,27 @@ fn unreachable_reason() -> String {
 /// Validate a whole trace (model.md section 4). Returns the first invalid record's index and
 /// the rule it breaks. Table-driven, so that the cost does not depend on the op sequence.
 pub fn validate(t: &TraceRef<'_>, n_pmcs: usize) -> Result<(), CoreError> {
+    validate_with(t, n_pmcs, &crate::cancel::Cancel::never())
+}
+
+/// [`validate`], checking `cancel` every [`crate::cancel::RECORDS_PER_CHECK`] records.
+pub fn validate_with(
+    t: &TraceRef<'_>,
+    n_pmcs: usize,
+    cancel: &crate::cancel::Cancel<'_>,
+) -> Result<(), CoreError> {
     check_n_pmcs(n_pmcs)?;
     let n = n_pmcs as u8;
     let mut state = S00;
     // Chunks: accumulate a "bad" flag over a block without branching, then locate it.
     const BLOCK: usize = 256;
+    const _: () = assert!(crate::cancel::RECORDS_PER_CHECK.is_multiple_of(BLOCK));
     let len = t.len();
     let mut start = 0;
     while start < len {
+        if start > 0 && start.is_multiple_of(crate::cancel::RECORDS_PER_CHECK) {
+            cancel.check()?;
+        }
         let end = (start + BLOCK).min(len);
         let entry_state = state;
         let mut all_ok = true;

@@ -3,6 +3,11 @@
 # A trace crosses the boundary as a tuple of its six columns (see ``svmpmu.COLUMNS``); a policy
 # as the tuple of its 15 knob values as strings, in the order of ``KNOBS``
 # (``svmpmu.Policy._core_knobs``); a mix as a ``svmpmu.Mix`` (None: the generator's own).
+#
+# Every function releases the GIL while it computes. An allocation it cannot make raises
+# MemoryError; a long call stops within milliseconds when a signal handler raises (Ctrl-C:
+# KeyboardInterrupt) and raises that exception; an internal error is a RuntimeError, never a
+# PanicException. The Python API (``svmpmu._api``) checks the arguments first.
 
 from collections.abc import Callable
 from typing import Any, TypeAlias

@@ -3,7 +3,9 @@
 //! Trace `t` of a batch draws from its own random stream, seeded from `(seed, t)`, so a batch
 //! is the same whatever the thread count and however the traces are split between threads.
 
+use crate::cancel::Cancel;
 use crate::error::CoreError;
+use crate::memory;
 use crate::model::{
     filter, op, BRANCHES_RETIRED, COUNTER_MASK, EN, GUEST_ONLY, HOST_ONLY, INSTRUCTIONS_RETIRED,
     INT, MAX_PMCS, OS, USR,
@@ -400,7 +402,14 @@ fn push_record(
     next_state(r, state)
 }
 
-/// Generate trace `index` of the batch seeded by `seed` and append it to `buf`.
+/// Records drawn between two checks of a `Cancel`: 10 to 25 ms here (a quarter of
+/// `crate::cancel::RECORDS_PER_CHECK`: drawing a record costs more than replaying one).
+pub const RECORDS_PER_CHECK: usize = 1 << 18;
+
+/// Generate trace `index` of the batch seeded by `seed` and append it to `buf`, checking
+/// `cancel` every [`RECORDS_PER_CHECK`] records (a shorter trace is not checked). The records
+/// are the same however the trace is cut.
+#[allow(clippy::too_many_arguments)]
 fn generate_into(
     buf: &mut impl RecordSink,
     seed: u64,
@@ -409,11 +418,21 @@ fn generate_into(
     n_pmcs: usize,
     mix: &Mix,
     tables: &Tables,
-) {
+    cancel: &Cancel<'_>,
+) -> Result<(), CoreError> {
     let mut rng = Rng::for_trace(seed, index);
     let mut state = STATE_RESET;
-    for _ in 0..length {
-        state = push_record(&mut rng, mix, tables, state, n_pmcs, buf);
+    let mut left = length;
+    loop {
+        let piece = left.min(RECORDS_PER_CHECK);
+        for _ in 0..piece {
+            state = push_record(&mut rng, mix, tables, state, n_pmcs, buf);
+        }
+        left -= piece;
+        if left == 0 {
+            return Ok(());
+        }
+        cancel.check()?;
     }
 }
 
@@ -476,6 +495,20 @@ impl Generator {
 
     /// Trace `index` of the batch seeded by `seed`, appended to `buf`.
     pub fn trace_into(&self, buf: &mut impl RecordSink, seed: u64, index: u64, length: usize) {
+        // Never stopped: no error.
+        let _ = self.trace_into_with(buf, seed, index, length, &Cancel::never());
+    }
+
+    /// [`Generator::trace_into`], checking `cancel` every [`RECORDS_PER_CHECK`] records:
+    /// `Err(CoreError::Interrupted)` (and part of the trace in `buf`) if it says stop.
+    pub fn trace_into_with(
+        &self,
+        buf: &mut impl RecordSink,
+        seed: u64,
+        index: u64,
+        length: usize,
+        cancel: &Cancel<'_>,
+    ) -> Result<(), CoreError> {
         generate_into(
             buf,
             seed,
@@ -484,31 +517,72 @@ impl Generator {
             self.n_pmcs,
             &self.mix,
             &self.tables,
-        );
+            cancel,
+        )
     }
 
+    /// Trace `index` of the batch seeded by `seed` (for the tests and tools in Rust: panics if
+    /// the memory for it cannot be had).
     pub fn trace(&self, seed: u64, index: u64, length: usize) -> TraceBuf {
         self.try_trace(seed, index, length)
-            .expect("memory for the trace")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`Generator::trace`], with an error rather than an abort when memory runs out.
     pub fn try_trace(&self, seed: u64, index: u64, length: usize) -> Result<TraceBuf, CoreError> {
+        self.try_trace_with(seed, index, length, &Cancel::never())
+    }
+
+    /// [`Generator::try_trace`], checking `cancel` every [`RECORDS_PER_CHECK`] records.
+    pub fn try_trace_with(
+        &self,
+        seed: u64,
+        index: u64,
+        length: usize,
+        cancel: &Cancel<'_>,
+    ) -> Result<TraceBuf, CoreError> {
         let mut buf = TraceBuf::try_with_capacity(length)?;
-        self.trace_into(&mut buf, seed, index, length);
+        self.trace_into_with(&mut buf, seed, index, length, cancel)?;
         Ok(buf)
     }
+}
+
+/// The offsets of a batch of `n_traces` traces of `length` records: `i * length` for `i` in
+/// `0..=n_traces`, allocated fallibly.
+pub fn batch_offsets(n_traces: usize, length: usize) -> Result<Vec<u64>, CoreError> {
+    let count = n_traces
+        .checked_add(1)
+        .ok_or_else(|| memory::error(memory::bytes_of::<u64>(n_traces) + 8, "the offsets"))?;
+    let mut offsets = memory::with_capacity(count, "the offsets")?;
+    offsets.extend((0..count as u64).map(|i| i * length as u64));
+    Ok(offsets)
 }
 
 impl Generator {
     /// Traces `0..n_traces` of the batch seeded by `seed`, concatenated (in parallel on the
     /// current rayon pool; the same for any thread count).
     pub fn batch(&self, seed: u64, n_traces: usize, length: usize) -> Result<TraceBuf, CoreError> {
+        self.batch_with(seed, n_traces, length, &Cancel::never())
+    }
+
+    /// [`Generator::batch`], checking `cancel` at the start of each task (2^16 records, or
+    /// one trace) and every [`RECORDS_PER_CHECK`] records of a longer trace. The records
+    /// are allocated fallibly, before any is drawn ([`CoreError::Memory`]).
+    pub fn batch_with(
+        &self,
+        seed: u64,
+        n_traces: usize,
+        length: usize,
+        cancel: &Cancel<'_>,
+    ) -> Result<TraceBuf, CoreError> {
         use rayon::prelude::*;
-        let total = n_traces
-            .checked_mul(length)
-            .ok_or_else(|| CoreError::Value("n_traces * length is too large".into()))?;
-        let mut out = TraceBuf::try_zeroed(total)?;
+        let total = n_traces.checked_mul(length).ok_or_else(|| {
+            memory::error(
+                n_traces as u128 * length as u128 * 16,
+                &format!("{n_traces} traces of {length} records"),
+            )
+        })?;
+        let mut out = TraceBuf::try_zeroed_with(total, cancel)?;
         if total == 0 {
             return Ok(out);
         }
@@ -530,7 +604,8 @@ impl Generator {
             .zip(key.par_chunks_mut(chunk))
             .zip(value.par_chunks_mut(chunk))
             .enumerate()
-            .for_each(|(c, (((((op, pmc), cpl), flag), key), value))| {
+            .try_for_each(|(c, (((((op, pmc), cpl), flag), key), value))| {
+                cancel.check()?;
                 let n = op.len() / length;
                 let mut sink = SliceSink {
                     op,
@@ -542,9 +617,11 @@ impl Generator {
                     at: 0,
                 };
                 for j in 0..n {
-                    self.trace_into(&mut sink, seed, (c * per + j) as u64, length);
+                    let index = (c * per + j) as u64;
+                    self.trace_into_with(&mut sink, seed, index, length, cancel)?;
                 }
-            });
+                Ok(())
+            })?;
         Ok(out)
     }
 }

@@ -10,7 +10,9 @@ mod shrink;
 
 pub use shrink::{shrink, shrink_against};
 
+use crate::cancel::{Cancel, RECORDS_PER_CHECK};
 use crate::error::CoreError;
+use crate::memory;
 use crate::model::{with_model, Model, Policy, GUEST_ONLY, HOST_ONLY};
 use crate::trace::{Record, TraceRef};
 use gen::{Generator, RecordSink};
@@ -149,18 +151,23 @@ impl Feed for TraceRef<'_> {
     }
 }
 
-/// Trace `index` of the run seeded by `seed`.
+/// Trace `index` of the run seeded by `seed`. Drawing stops early when `cancel` says stop
+/// (checked every `gen::RECORDS_PER_CHECK` records of a trace). Its flag then stays set, so
+/// that the tally the trace went into is dropped: `fuzz_chunk` checks it last.
 struct Generated<'g> {
     generator: &'g Generator,
     seed: u64,
     index: u64,
     length: usize,
+    cancel: &'g Cancel<'g>,
 }
 
 impl Feed for Generated<'_> {
     fn feed(&self, sink: &mut impl RecordSink) {
-        self.generator
-            .trace_into(sink, self.seed, self.index, self.length);
+        // An interrupted trace is cut short; the caller sees the interruption.
+        let _ =
+            self.generator
+                .trace_into_with(sink, self.seed, self.index, self.length, self.cancel);
     }
 }
 
@@ -183,9 +190,23 @@ pub(crate) fn diverge(
 
 /// The signatures a (valid) trace shows; empty when it does not diverge.
 pub fn signatures(t: &TraceRef<'_>, p: &Policy, q: &Policy, n_pmcs: usize) -> Vec<Signature> {
+    try_signatures(t, p, q, n_pmcs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`signatures`], the room for the READ values allocated fallibly.
+pub fn try_signatures(
+    t: &TraceRef<'_>,
+    p: &Policy,
+    q: &Policy,
+    n_pmcs: usize,
+) -> Result<Vec<Signature>, CoreError> {
     let mut s = Scratch::default();
+    let reads = crate::replay::count_reads(t);
+    for r in [&mut s.reads_a, &mut s.reads_b] {
+        memory::reserve(r, reads, "the READ values")?;
+    }
     diverge(t, p, q, n_pmcs, &mut s);
-    s.sigs
+    Ok(s.sigs)
 }
 
 /// One class: how many traces show it and the first (lowest-index) one that does.
@@ -259,20 +280,22 @@ pub struct FuzzSpec {
 /// Traces per rayon task: large enough to amortise the task, small enough to balance 2 cores.
 const CHUNK: u64 = 512;
 
-fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError> {
+fn fuzz_chunk(
+    spec: &FuzzSpec,
+    start: u64,
+    end: u64,
+    cancel: &Cancel<'_>,
+) -> Result<Tally, CoreError> {
+    cancel.check()?;
     let mut s = Scratch::default();
     // Room for a trace's READ values (at most one a record), or an error if the memory cannot
     // be had: the length comes from users.
     for reads in [&mut s.reads_a, &mut s.reads_b] {
-        reads.try_reserve_exact(spec.length).map_err(|_| {
-            CoreError::Memory(format!(
-                "cannot allocate room for the READ values of {} records",
-                spec.length
-            ))
-        })?;
+        memory::reserve(reads, spec.length, "the READ values of one trace")?;
     }
     let mut tally = Tally::default();
     let n_pmcs = spec.generator.n_pmcs;
+    let mut unchecked = 0;
     for index in start..end {
         // Each record is replayed as it is drawn: no trace is stored (a class's trace is
         // drawn again from its index to be shrunk).
@@ -281,10 +304,18 @@ fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError>
             seed: spec.seed,
             index,
             length: spec.length,
+            cancel,
         };
         tally.traces += 1;
         tally.records += spec.length as u64;
         let diverges = diverge(&trace, &spec.policy, &spec.reference, n_pmcs, &mut s);
+        // Checked every RECORDS_PER_CHECK records of traces (and a trace cut short by an
+        // interruption is dropped with the whole tally at the last check).
+        unchecked += spec.length;
+        if unchecked >= RECORDS_PER_CHECK {
+            unchecked = 0;
+            cancel.check()?;
+        }
         tally.diverging += diverges as u64;
         let Some(baseline) = &spec.baseline else {
             for &sig in &s.sigs {
@@ -302,17 +333,30 @@ fn fuzz_chunk(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError>
             tally_class(&mut tally.gone, sig, index);
         }
     }
+    // Some trace may have been cut short by an interruption since the last check.
+    cancel.check()?;
     Ok(tally)
 }
 
 /// Fuzz traces `start..end` of the run (in parallel on the current rayon pool).
 pub fn fuzz_range(spec: &FuzzSpec, start: u64, end: u64) -> Result<Tally, CoreError> {
-    let chunks: Vec<(u64, u64)> = (start..end)
-        .step_by(CHUNK as usize)
-        .map(|s| (s, (s + CHUNK).min(end)))
-        .collect();
-    chunks
+    fuzz_range_with(spec, start, end, &Cancel::never())
+}
+
+/// [`fuzz_range`], checking `cancel` at the start of each task of 512 traces and every
+/// `RECORDS_PER_CHECK` records of its traces.
+pub fn fuzz_range_with(
+    spec: &FuzzSpec,
+    start: u64,
+    end: u64,
+    cancel: &Cancel<'_>,
+) -> Result<Tally, CoreError> {
+    let tasks = end.saturating_sub(start).div_ceil(CHUNK);
+    (0..tasks)
         .into_par_iter()
-        .map(|(s, e)| fuzz_chunk(spec, s, e))
+        .map(|c| {
+            let s = start + c * CHUNK;
+            fuzz_chunk(spec, s, (s + CHUNK).min(end), cancel)
+        })
         .try_reduce(Tally::default, |a, b| Ok(a.merge(b)))
 }

@@ -2,9 +2,11 @@
 
 use rayon::prelude::*;
 
+use crate::cancel::{Cancel, RECORDS_PER_CHECK};
 use crate::error::CoreError;
+use crate::memory;
 use crate::model::Policy;
-use crate::replay::{simulate_into, FinalSlots};
+use crate::replay::{count_reads, simulate_into_with, FinalSlots};
 use crate::trace::{check_n_pmcs, explain_invalid, TraceRef};
 
 /// Per-trace results, flattened: `counters[t * n_pmcs + i]` is PMC i of trace t, and the READ
@@ -20,8 +22,15 @@ pub struct BatchResult {
     pub read_offsets: Vec<u64>,
 }
 
-/// A task's READ values and READ count per trace, or the first invalid trace it met.
-type TaskResult = Result<(Vec<u64>, Vec<u64>), usize>;
+/// Why a task of traces stopped: the first invalid trace it met, or an error (memory, or
+/// the call was interrupted).
+enum TaskError {
+    Invalid(usize),
+    Core(CoreError),
+}
+
+/// A task's READ values and READ count per trace.
+type TaskResult = Result<(Vec<u64>, Vec<u64>), TaskError>;
 
 /// Check that `offsets` cut `len` records into traces.
 pub fn check_offsets(offsets: &[u64], len: usize) -> Result<(), CoreError> {
@@ -45,27 +54,44 @@ pub fn simulate_batch(
     policy: &Policy,
     n_pmcs: usize,
 ) -> Result<BatchResult, CoreError> {
+    simulate_batch_with(t, offsets, policy, n_pmcs, &Cancel::never())
+}
+
+/// Traces a task replays: their final values go straight into the outputs and their READ
+/// values into one buffer a task, so nothing is allocated a trace.
+const TRACES_PER_TASK: usize = 256;
+
+/// [`simulate_batch`], allocating its outputs fallibly ([`CoreError::Memory`]) before any
+/// replay, and checking `cancel` at the start of each task, every `RECORDS_PER_CHECK`
+/// records of a task's traces, and every `RECORDS_PER_CHECK` records of a longer trace.
+pub fn simulate_batch_with(
+    t: &TraceRef<'_>,
+    offsets: &[u64],
+    policy: &Policy,
+    n_pmcs: usize,
+    cancel: &Cancel<'_>,
+) -> Result<BatchResult, CoreError> {
     check_n_pmcs(n_pmcs)?;
     check_offsets(offsets, t.len())?;
     let n = offsets.len() - 1;
+    let cells = memory::product::<u64>(n, n_pmcs, "the per-PMC results")?;
     let mut out = BatchResult {
         n_traces: n,
-        counters: vec![0; n * n_pmcs],
-        eventsel_hw: vec![0; n * n_pmcs],
-        overflows: vec![0; n * n_pmcs],
-        pmis: vec![0; n * n_pmcs],
+        counters: memory::zeros(cells, "the final counters", cancel)?,
+        eventsel_hw: memory::zeros(cells, "the final eventsel_hw", cancel)?,
+        overflows: memory::zeros(cells, "the overflow counts", cancel)?,
+        pmis: memory::zeros(cells, "the PMI counts", cancel)?,
         reads: Vec::new(),
-        read_offsets: Vec::with_capacity(n + 1),
+        read_offsets: memory::with_capacity(offsets.len(), "the READ offsets")?,
     };
     if n == 0 {
         out.read_offsets.push(0);
         return Ok(out);
     }
-    // Tasks of TRACES_PER_TASK traces write their final values straight into the outputs and
-    // their READ values into one buffer each: no allocation per trace.
-    const TRACES_PER_TASK: usize = 256;
     let per = TRACES_PER_TASK * n_pmcs;
-    let tasks: Vec<TaskResult> = out
+    let mut tasks: Vec<TaskResult> =
+        memory::with_capacity(n.div_ceil(TRACES_PER_TASK), "the tasks of the batch")?;
+    let each = out
         .counters
         .par_chunks_mut(per)
         .zip(out.eventsel_hw.par_chunks_mut(per))
@@ -73,16 +99,28 @@ pub fn simulate_batch(
         .zip(out.pmis.par_chunks_mut(per))
         .enumerate()
         .map(|(c, (((counters, eventsel_hw), overflows), pmis))| {
-            let mut reads = Vec::new();
+            if cancel.stopped() {
+                return Err(TaskError::Core(CoreError::Interrupted));
+            }
+            let first = c * TRACES_PER_TASK;
+            let last = first + counters.len() / n_pmcs;
+            let records = t.slice(offsets[first] as usize..offsets[last] as usize);
+            let mut reads = memory::with_capacity(count_reads(&records), "the READ values")
+                .map_err(TaskError::Core)?;
             let mut read_counts = Vec::with_capacity(TRACES_PER_TASK);
+            let mut unchecked = 0;
             let slots = counters
                 .chunks_mut(n_pmcs)
                 .zip(eventsel_hw.chunks_mut(n_pmcs))
                 .zip(overflows.chunks_mut(n_pmcs))
                 .zip(pmis.chunks_mut(n_pmcs));
-            for (j, (((counters, eventsel_hw), overflows), pmis)) in slots.enumerate() {
-                let k = c * TRACES_PER_TASK + j;
+            for (k, (((counters, eventsel_hw), overflows), pmis)) in (first..).zip(slots) {
                 let (s, e) = (offsets[k] as usize, offsets[k + 1] as usize);
+                unchecked += e - s;
+                if unchecked >= RECORDS_PER_CHECK {
+                    unchecked = 0;
+                    cancel.check().map_err(TaskError::Core)?;
+                }
                 let before = reads.len();
                 let slots = FinalSlots {
                     counters,
@@ -90,14 +128,23 @@ pub fn simulate_batch(
                     overflows,
                     pmis,
                 };
-                if !simulate_into(&t.slice(s..e), policy, n_pmcs, &mut reads, slots) {
-                    return Err(k);
+                let trace = t.slice(s..e);
+                match simulate_into_with(&trace, policy, n_pmcs, &mut reads, slots, cancel) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(TaskError::Invalid(k)),
+                    Err(e) => return Err(TaskError::Core(e)),
                 }
                 read_counts.push((reads.len() - before) as u64);
             }
             Ok((reads, read_counts))
-        })
-        .collect();
+        });
+    // Into the room reserved (rayon collects an indexed iterator in place).
+    tasks.par_extend(each);
+    let total = tasks
+        .iter()
+        .map(|task| task.as_ref().map_or(0, |(reads, _)| reads.len()))
+        .sum();
+    memory::reserve(&mut out.reads, total, "the READ values")?;
     out.read_offsets.push(0);
     for task in tasks {
         match task {
@@ -108,7 +155,8 @@ pub fn simulate_batch(
                     out.read_offsets.push(last + c);
                 }
             }
-            Err(k) => {
+            Err(TaskError::Core(e)) => return Err(e),
+            Err(TaskError::Invalid(k)) => {
                 // The lowest invalid trace: name its first invalid record.
                 let (s, e) = (offsets[k] as usize, offsets[k + 1] as usize);
                 return Err(match explain_invalid(&t.slice(s..e), n_pmcs) {

@@ -23,12 +23,14 @@
 //!
 //! So the results are those of one thread, for any number of chunks.
 
+use crate::cancel::{Cancel, Pending};
 use crate::error::CoreError;
+use crate::memory;
 use crate::model::{filter, op, with_model, Arch, Kvm, Model, Pmu, Policy, MAX_PMCS};
 use crate::replay::checked::replay_checked;
 use crate::replay::pool::cores;
 use crate::replay::stretch::Stretch;
-use crate::replay::{count_reads, SimResult};
+use crate::replay::{count_reads, replay_pieces, SimResult};
 use crate::trace::TraceRef;
 
 /// The fewest records a chunk gets: below this, starting a task costs more than it saves.
@@ -117,14 +119,17 @@ fn join_point(t: &TraceRef<'_>, start: usize, end: usize, all: u8) -> (usize, bo
     (end, false)
 }
 
-/// Replay a chunk from a guessed state (steps 1 and 2 of the module docs).
+/// Replay a chunk from a guessed state (steps 1 and 2 of the module docs), checking
+/// `cancel` every `RECORDS_PER_CHECK` records. An error if the room for its READ values
+/// cannot be had or `cancel` says stop.
 fn guess_chunk<M: Model + Stretch + Join + Clone>(
     fresh: &M,
     t: &TraceRef<'_>,
     cut: Cut,
     warmup: usize,
     n_pmcs: usize,
-) -> Chunk<M> {
+    cancel: &Cancel<'_>,
+) -> Result<Chunk<M>, CoreError> {
     let Cut {
         start,
         join,
@@ -152,10 +157,10 @@ fn guess_chunk<M: Model + Stretch + Join + Clone>(
         // The first chunk's READ values become the result's, which the others' are appended
         // to: room for all of them (pages are only taken as they are written).
         let from = if start == 0 { join..t.len() } else { join..end };
-        reads.reserve_exact(count_reads(&t.slice(from)));
-        ok = replay_checked(&mut m, &t.slice(join..end), n_pmcs, &mut reads);
+        memory::reserve(&mut reads, count_reads(&t.slice(from)), "the READ values")?;
+        ok = replay_pieces(&mut m, &t.slice(join..end), n_pmcs, &mut reads, cancel)?;
     }
-    Chunk {
+    Ok(Chunk {
         start,
         join,
         end,
@@ -164,47 +169,66 @@ fn guess_chunk<M: Model + Stretch + Join + Clone>(
         reads,
         ok,
         reset_after_join: t.op[join..end].contains(&op::RESET),
-    }
+    })
 }
 
 /// Replay and check `t` cut as `cuts` says, each chunk a task of the current rayon pool
 /// (`warmup`: records replayed before each chunk but the first, to guess its state; `None`
 /// for the default). `None` if some record is invalid; else the final model, the READ values
-/// and how the chunks joined.
+/// and how the chunks joined. Every replay checks `cancel` every `RECORDS_PER_CHECK`
+/// records, and while the calling thread waits for the other chunks it polls `cancel`.
 fn replay_split<M: Model + Stretch + Join + Clone + Send + Sync>(
     fresh: M,
     t: &TraceRef<'_>,
     n_pmcs: usize,
     cuts: &[Cut],
     warmup: Option<usize>,
-) -> Option<(M, Vec<u64>, SplitStats)> {
+    cancel: &Cancel<'_>,
+) -> Result<Option<(M, Vec<u64>, SplitStats)>, CoreError> {
     let warmup =
         warmup.unwrap_or_else(|| (t.len() / cuts.len() / 16).clamp(WARMUP_MIN, WARMUP_MAX));
     // Each chunk but the first is a task of the current rayon pool, whose threads are already
     // running: starting a thread for each chunk and joining it took 0.1 to 0.2 ms a call here.
     // The calling thread replays the first chunk itself instead of waiting for the pool: one
     // hand-over fewer, which a 20,000-record trace felt (183 against 167 M records/s).
-    let guess = |&cut: &Cut| guess_chunk(&fresh, t, cut, warmup, n_pmcs);
+    //
+    // Once it is done, the calling thread waits for the others polling `cancel`, unless it is
+    // a thread of the pool (then the scope waits by running tasks; and then the chunks and
+    // their checks of `cancel` are on it or on other threads of its pool).
+    let guess = |&cut: &Cut| guess_chunk(&fresh, t, cut, warmup, n_pmcs, cancel);
     let guess = &guess;
-    let mut slots: Vec<Option<Chunk<M>>> = cuts.iter().map(|_| None).collect();
+    let mut slots: Vec<Option<Result<Chunk<M>, CoreError>>> = cuts.iter().map(|_| None).collect();
+    let pending = Pending::new(cuts.len().saturating_sub(1));
     rayon::in_place_scope(|s| {
+        let pending = &pending;
         let mut each = slots.iter_mut().zip(cuts);
         let first = each.next();
         for (slot, cut) in each {
-            s.spawn(move |_| *slot = Some(guess(cut)));
+            s.spawn(move |_| {
+                let _done = pending.task();
+                *slot = Some(guess(cut));
+            });
         }
         if let Some((slot, cut)) = first {
             *slot = Some(guess(cut));
         }
+        cancel.wait(pending);
     });
     let guessed = slots.into_iter().flatten();
     let mut m = fresh;
     let mut reads = Vec::new();
     let mut stats = SplitStats::default();
     for c in guessed {
+        let c = c?;
         // The true state at the chunk's start is `m`; bring it to the join point.
-        if !replay_checked(&mut m, &t.slice(c.start..c.join), n_pmcs, &mut reads) {
-            return None;
+        if !replay_pieces(
+            &mut m,
+            &t.slice(c.start..c.join),
+            n_pmcs,
+            &mut reads,
+            cancel,
+        )? {
+            return Ok(None);
         }
         match c.at_join {
             Some(guess) if m.same_state(&guess) => {
@@ -225,13 +249,14 @@ fn replay_split<M: Model + Stretch + Join + Clone + Send + Sync>(
                     reads.extend_from_slice(&c.reads);
                 }
                 if !c.ok {
-                    return None;
+                    return Ok(None);
                 }
                 stats.joined += 1;
             }
             Some(_) => {
-                if !replay_checked(&mut m, &t.slice(c.join..c.end), n_pmcs, &mut reads) {
-                    return None;
+                let rest = t.slice(c.join..c.end);
+                if !replay_pieces(&mut m, &rest, n_pmcs, &mut reads, cancel)? {
+                    return Ok(None);
                 }
                 stats.replayed_again += 1;
             }
@@ -239,7 +264,7 @@ fn replay_split<M: Model + Stretch + Join + Clone + Send + Sync>(
             None => stats.replayed_again += (c.end > c.start) as usize,
         }
     }
-    Some((m, reads, stats))
+    Ok(Some((m, reads, stats)))
 }
 
 fn differences(a: [u64; MAX_PMCS], b: [u64; MAX_PMCS]) -> [u64; MAX_PMCS] {
@@ -267,23 +292,41 @@ pub fn simulate_on(
     timeline: bool,
     threads: usize,
 ) -> Result<SimResult, CoreError> {
+    simulate_on_with(t, policy, n_pmcs, timeline, threads, &Cancel::never())
+}
+
+/// [`simulate_on`], checking `cancel` every `RECORDS_PER_CHECK` records of each thread,
+/// and polling it while the calling thread waits for the others. The global pool is used
+/// only if it could start ([`crate::replay::pool::global_pool_usable`]): else the trace is
+/// replayed on this thread.
+pub fn simulate_on_with(
+    t: &TraceRef<'_>,
+    policy: &Policy,
+    n_pmcs: usize,
+    timeline: bool,
+    threads: usize,
+    cancel: &Cancel<'_>,
+) -> Result<SimResult, CoreError> {
     crate::trace::check_n_pmcs(n_pmcs)?;
     // On a thread of some pool, the chunks run on that pool; else on the global one, which a
-    // forked child cannot use: it then replays on this thread.
-    let pool = rayon::current_thread_index().is_some() || crate::replay::pool::global_pool_usable();
+    // forked child cannot use, nor a process that cannot start threads: they replay on this
+    // thread. (A trace too short to cut does not start the global pool.)
+    let cut = !timeline && threads > 1 && t.len() / MIN_CHUNK > 1;
+    let pool = cut
+        && (rayon::current_thread_index().is_some() || crate::replay::pool::global_pool_usable());
     let chunks = if pool {
         chunks_for(t.len(), threads)
     } else {
         1
     };
     if timeline || chunks == 1 {
-        return super::simulate(t, policy, n_pmcs, timeline);
+        return super::simulate_with(t, policy, n_pmcs, timeline, cancel);
     }
     let cuts = plan(t, chunks, n_pmcs);
     if !joins_early(&cuts) {
-        return super::simulate(t, policy, n_pmcs, false);
+        return super::simulate_with(t, policy, n_pmcs, false, cancel);
     }
-    simulate_cuts(t, policy, n_pmcs, &cuts, None).map(|(r, _)| r)
+    simulate_cuts(t, policy, n_pmcs, &cuts, None, cancel).map(|(r, _)| r)
 }
 
 /// Whether every chunk's join point comes within the first quarter of the chunk. The records
@@ -306,7 +349,8 @@ pub fn simulate_split(
     warmup: Option<usize>,
 ) -> Result<(SimResult, SplitStats), CoreError> {
     crate::trace::check_n_pmcs(n_pmcs)?;
-    simulate_cuts(t, policy, n_pmcs, &plan(t, chunks, n_pmcs), warmup)
+    let cuts = plan(t, chunks, n_pmcs);
+    simulate_cuts(t, policy, n_pmcs, &cuts, warmup, &Cancel::never())
 }
 
 /// [`simulate_split`] for a trace already cut (`n_pmcs` already checked).
@@ -316,6 +360,7 @@ fn simulate_cuts(
     n_pmcs: usize,
     cuts: &[Cut],
     warmup: Option<usize>,
+    cancel: &Cancel<'_>,
 ) -> Result<(SimResult, SplitStats), CoreError> {
     fn run<M: Model + Stretch + Join + Clone + Send + Sync>(
         m: M,
@@ -323,11 +368,17 @@ fn simulate_cuts(
         n_pmcs: usize,
         cuts: &[Cut],
         warmup: Option<usize>,
-    ) -> Option<(SimResult, SplitStats)> {
-        let (m, reads, stats) = replay_split(m, t, n_pmcs, cuts, warmup)?;
-        Some((SimResult::from_model(&m, n_pmcs, reads, None), stats))
+        cancel: &Cancel<'_>,
+    ) -> Result<Option<(SimResult, SplitStats)>, CoreError> {
+        let Some((m, reads, stats)) = replay_split(m, t, n_pmcs, cuts, warmup, cancel)? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            SimResult::from_model(&m, n_pmcs, reads, None),
+            stats,
+        )))
     }
-    let done = with_model!(policy, n_pmcs, |m| run(m, t, n_pmcs, cuts, warmup));
+    let done = with_model!(policy, n_pmcs, |m| run(m, t, n_pmcs, cuts, warmup, cancel))?;
     match done {
         Some(r) => Ok(r),
         None => Err(crate::trace::explain_invalid(t, n_pmcs)),

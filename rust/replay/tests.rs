@@ -507,3 +507,158 @@ fn huge_runs_in_a_stretch_take_the_exact_path() {
         }
     }
 }
+
+/// A trace longer than a few `RECORDS_PER_CHECK`: `prefix` records that count nothing
+/// (RUNs before any selector is written), then a generated trace of `mix`.
+fn long_trace(prefix: usize, mix: Mix, length: usize) -> TraceBuf {
+    let idle = Record {
+        cpl: 3,
+        key: INSTRUCTIONS_RETIRED,
+        value: 7,
+        ..rec(op::RUN)
+    };
+    let mut recs = vec![idle; prefix];
+    let g = Generator::new(mix, 6).unwrap();
+    recs.extend(g.trace(23, 0, length).as_ref().records());
+    TraceBuf::from_records(&recs)
+}
+
+#[test]
+fn calls_cut_into_pieces_give_the_results_of_one_pass() {
+    // simulate, compare and validate work in pieces of RECORDS_PER_CHECK records, with a
+    // check of their Cancel in between: the cut changes nothing.
+    use crate::cancel::{Cancel, RECORDS_PER_CHECK};
+    let polls = || false;
+    let cancel = Cancel::new(&polls);
+    for mix in [Mix::default(), Mix::workload()] {
+        let t = long_trace(RECORDS_PER_CHECK + 3, mix, RECORDS_PER_CHECK + 5_000);
+        let t = t.as_ref();
+        for name in ["final", "v4", "arch"] {
+            let p = Policy::preset(name).unwrap();
+            let one = simulate_valid(&t, &p, 6, false);
+            assert_eq!(
+                simulate_with(&t, &p, 6, false, &cancel).unwrap(),
+                one,
+                "{name}"
+            );
+            // On two threads, the calling thread polling while it waits for the second.
+            let split = crate::replay::split::simulate_on_with(&t, &p, 6, false, 2, &cancel);
+            assert_eq!(split.unwrap(), one, "{name}");
+            let tl = simulate_with(&t, &p, 6, true, &cancel).unwrap();
+            assert_eq!(tl.timeline.as_ref().map(|tl| tl.svme.len()), Some(t.len()));
+            assert_eq!((tl.counters, tl.reads), (one.counters, one.reads), "{name}");
+        }
+        // The first divergence lies beyond the first piece, where count_masks (one pass)
+        // puts it.
+        let (p, q) = (
+            Policy::preset("v4").unwrap(),
+            Policy::preset("arch").unwrap(),
+        );
+        let c = compare_with(&t, &p, &q, 6, &cancel).unwrap();
+        let (mp, mq) = (count_masks(&t, &p, 6), count_masks(&t, &q, 6));
+        let first = mp.iter().zip(&mq).position(|(a, b)| a != b);
+        assert!(first.is_some_and(|f| f > RECORDS_PER_CHECK));
+        assert_eq!(c.first_divergence, first);
+        assert_eq!(c.policy, simulate_valid(&t, &p, 6, false));
+    }
+    // An invalid record in the second piece: the same error from every path.
+    let mut recs = long_trace(RECORDS_PER_CHECK + 3, Mix::default(), 10_000)
+        .as_ref()
+        .records()
+        .collect::<Vec<_>>();
+    recs[RECORDS_PER_CHECK + 700] = Record {
+        pmc: 6,
+        ..rec(op::READ)
+    };
+    let bad = TraceBuf::from_records(&recs);
+    let bad = bad.as_ref();
+    let e = validate(&bad, 6).unwrap_err();
+    let p = Policy::preset("final").unwrap();
+    assert!(matches!(e, CoreError::Trace { index, .. } if index == RECORDS_PER_CHECK + 700));
+    assert_eq!(validate_with(&bad, 6, &cancel).unwrap_err(), e);
+    assert_eq!(simulate_with(&bad, &p, 6, false, &cancel).unwrap_err(), e);
+    assert_eq!(simulate_with(&bad, &p, 6, true, &cancel).unwrap_err(), e);
+    let split = crate::replay::split::simulate_on_with(&bad, &p, 6, false, 2, &cancel);
+    assert_eq!(split.unwrap_err(), e);
+}
+
+#[test]
+fn a_stopped_call_stops_at_its_next_check() {
+    use crate::cancel::{Cancel, RECORDS_PER_CHECK};
+    use crate::fuzz::{fuzz_range_with, FuzzSpec};
+    let stopped = Cancel::never();
+    stopped.stop();
+    let t = long_trace(0, Mix::default(), 3 * RECORDS_PER_CHECK);
+    let t = t.as_ref();
+    let p = Policy::preset("final").unwrap();
+    let q = Policy::preset("arch").unwrap();
+    let interrupted = |r: Result<SimResult, CoreError>| r == Err(CoreError::Interrupted);
+    assert!(interrupted(simulate_with(&t, &p, 6, false, &stopped)));
+    assert!(interrupted(simulate_with(&t, &p, 6, true, &stopped)));
+    // Cut in two chunks of more than RECORDS_PER_CHECK records each past their join
+    // points, on two threads (or replayed on one, where there is one core).
+    let split = crate::replay::split::simulate_on_with(&t, &p, 6, false, 2, &stopped);
+    assert!(interrupted(split));
+    assert_eq!(validate_with(&t, 6, &stopped), Err(CoreError::Interrupted));
+    assert!(matches!(
+        compare_with(&t, &p, &q, 6, &stopped),
+        Err(CoreError::Interrupted)
+    ));
+    let offsets = [0, 10, t.len() as u64];
+    let batch = batch::simulate_batch_with(&t, &offsets, &p, 6, &stopped);
+    assert!(matches!(batch, Err(CoreError::Interrupted)));
+    let g = Generator::new(Mix::default(), 6).unwrap();
+    let b = g.batch_with(1, 10, 100, &stopped);
+    assert!(matches!(b, Err(CoreError::Interrupted)));
+    let one = g.try_trace_with(1, 0, RECORDS_PER_CHECK + 1, &stopped);
+    assert!(matches!(one, Err(CoreError::Interrupted)));
+    let spec = FuzzSpec {
+        policy: p,
+        reference: q,
+        generator: g,
+        seed: 1,
+        length: 64,
+        baseline: None,
+    };
+    assert!(matches!(
+        fuzz_range_with(&spec, 0, 10_000, &stopped),
+        Err(CoreError::Interrupted)
+    ));
+    // A trace no longer than one piece has no check to stop at.
+    let short = long_trace(0, Mix::default(), 1000);
+    assert!(simulate_with(&short.as_ref(), &p, 6, false, &stopped).is_ok());
+}
+
+#[test]
+fn batches_give_the_same_results_with_a_polling_cancel() {
+    use crate::cancel::Cancel;
+    let polls = || false;
+    let cancel = Cancel::new(&polls);
+    let g = Generator::new(Mix::default(), 6).unwrap();
+    let b = g.batch_with(4, 3000, 50, &cancel).unwrap();
+    assert_eq!(b, g.batch(4, 3000, 50).unwrap());
+    let offsets = crate::fuzz::gen::batch_offsets(3000, 50).unwrap();
+    let p = Policy::preset("final").unwrap();
+    let with = batch::simulate_batch_with(&b.as_ref(), &offsets, &p, 6, &cancel).unwrap();
+    let without = batch::simulate_batch(&b.as_ref(), &offsets, &p, 6).unwrap();
+    assert_eq!(with, without);
+    for k in [0, 1234, 2999] {
+        let t = b.as_ref().slice(k * 50..(k + 1) * 50);
+        let one = simulate(&t, &p, 6, false).unwrap();
+        let (s, e) = (
+            with.read_offsets[k] as usize,
+            with.read_offsets[k + 1] as usize,
+        );
+        assert_eq!(with.counters[k * 6..(k + 1) * 6], one.counters[..]);
+        assert_eq!(with.reads[s..e], one.reads[..]);
+    }
+    // The offsets of an impossible batch are a memory error, not a panic.
+    assert!(matches!(
+        crate::fuzz::gen::batch_offsets(1 << 61, 0),
+        Err(CoreError::Memory(_))
+    ));
+    assert!(matches!(
+        g.batch(1, 1 << 40, 1 << 30),
+        Err(CoreError::Memory(_))
+    ));
+}
