@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import svmpmu
-from svmpmu import INSTRUCTIONS_RETIRED, Trace, TraceBuilder, eventsel
+from picture_helpers import nested_trace, worked_example
+from svmpmu import Trace, TraceBuilder
 from svmpmu.perfetto import (
     COUNTER_ARG,
     DIVERGENCE_EVENT,
@@ -19,39 +20,6 @@ from svmpmu.perfetto import (
     write_perfetto,
 )
 from svmpmu.timeline import MODE_NAMES, timeline
-
-
-def worked_example():
-    """model.md section 9."""
-    return (
-        TraceBuilder()
-        .wrmsr_evtsel(0, eventsel(INSTRUCTIONS_RETIRED, guest_only=True))
-        .wrmsr_efer(1)
-        .vmentry()
-        .vmrun()
-        .run(1000)
-        .vmexit()
-        .read(0)
-        .build()
-    )
-
-
-def nested_trace():
-    """A Host-Only counter on PMC 1 and a Guest-Only one on PMC 0, across a VMRUN and a VMEXIT."""
-    return (
-        TraceBuilder()
-        .wrmsr_efer(1)
-        .wrmsr_evtsel(1, eventsel(INSTRUCTIONS_RETIRED, host_only=True))
-        .wrmsr_evtsel(0, eventsel(INSTRUCTIONS_RETIRED, guest_only=True))
-        .vmentry()
-        .run(100)
-        .vmrun(cpl=3)
-        .run(10)
-        .emulate(cpl=0)
-        .vmexit()
-        .read(1)
-        .build()
-    )
 
 
 def thread_names(data):

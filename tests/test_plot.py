@@ -14,45 +14,13 @@ import numpy as np
 import pytest
 
 import svmpmu
+from picture_helpers import nested_trace, worked_example
 from svmpmu import INSTRUCTIONS_RETIRED, Op, Policy, Trace, TraceBuilder, TraceError, eventsel
 from svmpmu.plot import PIXEL_SIZE, SUFFIXES, plot, plot_figure
 from svmpmu.timeline import MAX_TIMELINE_RECORDS, MODE_NAMES, timeline, trace_pmcs
 
 # The modules themselves: svmpmu's package attributes of the same names may be the functions.
 timeline_module = importlib.import_module("svmpmu.timeline")
-
-
-def worked_example():
-    """model.md section 9: a Guest-Only counter, SVME set, VMRUN, 1000 instructions in L2."""
-    return (
-        TraceBuilder()
-        .wrmsr_evtsel(0, eventsel(INSTRUCTIONS_RETIRED, guest_only=True))
-        .wrmsr_efer(1)
-        .vmentry()
-        .vmrun()
-        .run(1000)
-        .vmexit()
-        .read(0)
-        .build()
-    )
-
-
-def nested_trace():
-    """A Host-Only counter on PMC 1 and a Guest-Only one on PMC 0, across a VMRUN and a VMEXIT."""
-    return (
-        TraceBuilder()
-        .wrmsr_efer(1)  # 0
-        .wrmsr_evtsel(1, eventsel(INSTRUCTIONS_RETIRED, host_only=True))  # 1
-        .wrmsr_evtsel(0, eventsel(INSTRUCTIONS_RETIRED, guest_only=True))  # 2
-        .vmentry()  # 3
-        .run(100)  # 4: L1 at CPL 3
-        .vmrun(cpl=3)  # 5
-        .run(10)  # 6: L2 at CPL 3
-        .emulate(cpl=0)  # 7
-        .vmexit()  # 8
-        .read(1)  # 9
-        .build()
-    )
 
 
 def png_size(data: bytes) -> tuple[int, int]:
