@@ -75,6 +75,26 @@ pub struct Decision {
     pub guest: bool,
 }
 
+/// The H/G rule of model.md section 5's table over the PMCs in `all`, given their Host-Only
+/// and Guest-Only bits (`svme0_ignore`: section 6's `svme0 = ignore`). [`Pmu::counts_in_mode`]
+/// applies it to the current selectors; `crate::explain` to those of a past decision.
+#[inline(always)]
+pub fn counts_in_mode(
+    all: u8,
+    host_only: u8,
+    guest_only: u8,
+    svme: bool,
+    guest: bool,
+    svme0_ignore: bool,
+) -> u8 {
+    let hg = host_only | guest_only;
+    let plain = all & !hg;
+    let svme = (svme as u8).wrapping_neg();
+    let guest = (guest as u8).wrapping_neg();
+    let ignore = (svme0_ignore as u8).wrapping_neg();
+    plain | (!svme & ignore & hg) | (svme & ((guest & guest_only) | (!guest & host_only)))
+}
+
 impl Pmu {
     /// The reset state for `n_pmcs` PMCs, with no filter.
     pub fn new(n_pmcs: usize) -> Self {
@@ -220,14 +240,14 @@ impl Pmu {
     /// table; `svme0_ignore`: section 6's `svme0 = ignore`).
     #[inline(always)]
     pub fn counts_in_mode(&self, svme: bool, guest: bool, svme0_ignore: bool) -> u8 {
-        let hg = self.host_only | self.guest_only;
-        let plain = self.all & !hg;
-        let svme = (svme as u8).wrapping_neg();
-        let guest = (guest as u8).wrapping_neg();
-        let ignore = (svme0_ignore as u8).wrapping_neg();
-        plain
-            | (!svme & ignore & hg)
-            | (svme & ((guest & self.guest_only) | (!guest & self.host_only)))
+        counts_in_mode(
+            self.all,
+            self.host_only,
+            self.guest_only,
+            svme,
+            guest,
+            svme0_ignore,
+        )
     }
 
     /// The PMCs with an H or G bit: those a transition re-evaluates.
