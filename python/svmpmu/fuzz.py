@@ -24,7 +24,7 @@ from .policy import Policy, PolicyLike, resolve_policy
 from .result import Comparison
 from .trace import Trace
 
-__all__ = ["DivergenceClass", "FuzzReport", "Signature", "fuzz"]
+__all__ = ["DivergenceClass", "FuzzReport", "FuzzRun", "FuzzTally", "Signature", "fuzz"]
 
 _HG = ("no H/G", "G", "H", "HG")
 _STATE = {0: "svme=0", 1: "host (svme=1)", 3: "guest"}
@@ -340,6 +340,8 @@ class FuzzReport:
     interrupted: bool = False
     """A SIGINT (KeyboardInterrupt) or SIGTERM stopped the run or the shrinking of the classes:
     the report holds what was finished."""
+    engine: str = "concrete"
+    """The engine that ran the traces (:data:`ENGINES`)."""
 
     def trace(self, index: int) -> Trace:
         """Trace ``index`` of the run, regenerated from its seed (the same trace whatever the
@@ -494,6 +496,7 @@ class FuzzReport:
             "baseline": None if self.baseline is None else str(self.baseline),
             "gone": [c.to_dict() for c in self.gone],
             "interrupted": self.interrupted,
+            "engine": self.engine,
         }
 
     def to_json(self, **kwargs: Any) -> str:  # noqa: ANN401 (json.dumps's options, passed on)
@@ -514,6 +517,7 @@ def fuzz(
     block: int = 200_000,
     progress: Callable[[int, int], None] | None = None,
     baseline: PolicyLike | None = None,
+    engine: str = "concrete",
 ) -> FuzzReport:
     """Generate ``traces`` random valid traces of ``length`` records from ``seed``, replay each
     through ``policy`` and ``reference`` in one pass in Rust, and group the diverging traces
@@ -538,10 +542,13 @@ def fuzz(
     ``classes`` are those the policy shows on a trace where the baseline does not (a new bug
     shows there even when the baseline has the same class on other traces), ``gone`` the
     reverse; each reproducer is shrunk keeping that difference.
+
+    ``engine`` picks how traces are run (:data:`ENGINES`). A run is a :class:`FuzzRun`;
+    :meth:`FuzzRun.tally` runs any range of its traces and :meth:`FuzzRun.report` turns the
+    merged tallies into this report (what :func:`svmpmu.campaign` builds on).
     """
     p, q = resolve_policy(policy), resolve_policy(reference)
     b = None if baseline is None else resolve_policy(baseline)
-    bk = None if b is None else b._core_knobs
     mix = mix if mix is not None else Mix()
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
         raise TypeError(f"block must be an int, got {type(block).__name__}")
@@ -550,61 +557,195 @@ def fuzz(
     given: object = n_pmcs  # a numpy integer is taken too
     n_pmcs = _n_pmcs(int(given) if isinstance(given, np.integer) else n_pmcs)
     _check_run(traces, length, seed, threads)
-    # Fail on a bad policy, mix or n_pmcs before any work.
-    pk, qk = p._core_knobs, q._core_knobs
-    _core.fuzz_range(pk, qk, seed, length, n_pmcs, mix, 0, 0, threads)
+    run = FuzzRun(p, q, seed=seed, length=length, n_pmcs=n_pmcs, mix=mix, baseline=b, engine=engine)
+    # Fail on a bad policy, mix, n_pmcs or engine before any work.
+    run.tally(0, 0, threads)
     step = _block_traces(int(block), length, threads)
-    done = records = diverging = 0
-    tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
-    gone_tallies: dict[tuple[int, int, int, int, bool], list[int]] = {}
+    tally = FuzzTally()
     complete = True
     start = time.perf_counter()
     deferred = _DeferredSignals()
     with deferred:
         try:
             deferred.check()
-            while done < traces:
+            while tally.traces < traces:
+                done = tally.traces
                 end = min(done + step, traces)
-                _n, r, d, classes, lost = _core.fuzz_range(
-                    pk, qk, seed, length, n_pmcs, mix, done, end, threads, bk
-                )
-                records += r
-                diverging += d
-                for into, found_here in ((tallies, classes), (gone_tallies, lost)):
-                    for sig, count, first in found_here:
-                        t = into.setdefault(sig, [0, first])
-                        t[0] += count
-                        t[1] = min(t[1], first)
-                done = end
+                tally = tally.merge(run.tally(done, end, threads))
                 if progress is not None:
-                    progress(done, traces)
+                    progress(end, traces)
                 deferred.check()
         except KeyboardInterrupt:
             complete = False
         seconds = time.perf_counter() - start
-        run = (seed, length, n_pmcs, mix)
+        return run.report(
+            tally, requested=traces, seconds=seconds, complete=complete, deferred=deferred
+        )
+
+
+_ClassKey = tuple[int, int, int, int, bool]
+
+
+@dataclass(frozen=True)
+class FuzzTally:
+    """The unshrunk figures of some traces of a run: how many traces and records, how many
+    diverged, and per class (a signature as ``(op, hg, before, after, policy_counts)``) its
+    count and the index of its first trace. :meth:`merge` is associative and commutative
+    (counts add up, each class keeps its lowest trace index), so tallies of any split of a
+    run's traces merge into the tally of the whole run."""
+
+    traces: int = 0
+    records: int = 0
+    diverging: int = 0
+    classes: dict[_ClassKey, tuple[int, int]] = field(default_factory=dict)
+    """Per class: (traces that show it, the lowest of their indices)."""
+    gone: dict[_ClassKey, tuple[int, int]] = field(default_factory=dict)
+    """With a baseline: the same for the classes the baseline shows where the policy does
+    not."""
+
+    def merge(self, other: FuzzTally) -> FuzzTally:
+        """The tally of both sets of traces (which must not overlap)."""
+
+        def add(
+            a: dict[_ClassKey, tuple[int, int]], b: dict[_ClassKey, tuple[int, int]]
+        ) -> dict[_ClassKey, tuple[int, int]]:
+            out = dict(a)
+            for sig, (count, first) in b.items():
+                old = out.get(sig)
+                out[sig] = (count, first) if old is None else (old[0] + count, min(old[1], first))
+            return dict(sorted(out.items()))
+
+        return FuzzTally(
+            traces=self.traces + other.traces,
+            records=self.records + other.records,
+            diverging=self.diverging + other.diverging,
+            classes=add(self.classes, other.classes),
+            gone=add(self.gone, other.gone),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tally as plain data (for JSON): classes as ``[op, hg, before, after,
+        policy_counts, count, first]`` lists."""
+        return {
+            "traces": self.traces,
+            "records": self.records,
+            "diverging": self.diverging,
+            "classes": [[*sig, *t] for sig, t in self.classes.items()],
+            "gone": [[*sig, *t] for sig, t in self.gone.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FuzzTally:
+        """A tally from :meth:`to_dict`'s data."""
+
+        def classes(rows: list[list[Any]]) -> dict[_ClassKey, tuple[int, int]]:
+            return {
+                (int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(r[4])): (int(r[5]), int(r[6]))
+                for r in rows
+            }
+
+        return cls(
+            traces=int(data["traces"]),
+            records=int(data["records"]),
+            diverging=int(data["diverging"]),
+            classes=classes(data["classes"]),
+            gone=classes(data["gone"]),
+        )
+
+
+ENGINES = ("concrete",)
+"""The fuzzing engines: ``concrete`` generates and replays concrete records."""
+
+
+@dataclass(frozen=True)
+class FuzzRun:
+    """What defines a fuzzing run, whatever range of its traces is run where: the models,
+    the seed, the trace length, the PMCs, the mix, the baseline and the engine. Trace ``i`` of
+    a run is the same wherever and whenever it is run, so :meth:`tally` over any split of
+    ``0..n`` merges (:meth:`FuzzTally.merge`) into the tally of :func:`fuzz` over ``n``
+    traces, and :meth:`report` turns it into the same report."""
+
+    __eq__ = dataclass_eq
+    __hash__ = None  # type: ignore[assignment]
+
+    policy: Policy
+    reference: Policy
+    seed: int
+    length: int
+    n_pmcs: int = 6
+    mix: Mix = field(default_factory=Mix)
+    baseline: Policy | None = None
+    engine: str = "concrete"
+
+    def __post_init__(self) -> None:
+        """Check the engine (the rest is checked by the core on the first :meth:`tally`)."""
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+    def tally(self, start: int, end: int, threads: int | None = None) -> FuzzTally:
+        """Run traces ``start..end`` (in parallel on ``threads``, the same for any number)
+        and tally them, unshrunk. Not interruptible between blocks: callers cut their work
+        into pieces of a second or so (:func:`fuzz` does)."""
+        bk = None if self.baseline is None else self.baseline._core_knobs
+        _n, r, d, classes, lost = _core.fuzz_range(
+            self.policy._core_knobs,
+            self.reference._core_knobs,
+            self.seed,
+            self.length,
+            self.n_pmcs,
+            self.mix,
+            start,
+            end,
+            threads,
+            bk,
+        )
+        return FuzzTally(
+            traces=end - start,
+            records=r,
+            diverging=d,
+            classes={tuple(sig): (count, first) for sig, count, first in classes},  # type: ignore[misc]
+            gone={tuple(sig): (count, first) for sig, count, first in lost},  # type: ignore[misc]
+        )
+
+    def report(
+        self,
+        tally: FuzzTally,
+        *,
+        requested: int | None = None,
+        seconds: float = 0.0,
+        complete: bool = True,
+        deferred: _DeferredSignals | None = None,
+    ) -> FuzzReport:
+        """The report of ``tally`` (of traces ``0..tally.traces`` of this run): each class's
+        first trace shrunk, as :func:`fuzz` reports it. ``requested`` defaults to the traces
+        of the tally; ``complete=False`` marks a run that stopped early (its classes are then
+        shrunk for at most about a second)."""
+        deferred = deferred if deferred is not None else _DeferredSignals()
+        p, q, b = self.policy, self.reference, self.baseline
+        source = (self.seed, self.length, self.n_pmcs, self.mix)
         shrinking = _Shrinking(deferred, after_interrupt=not complete)
-        found = _classes(tallies, p, q, b, run, shrinking)
-        gone = _classes(gone_tallies, b, q, p, run, shrinking) if b is not None else ()
+        found = _classes(tally.classes, p, q, b, source, shrinking)
+        gone = _classes(tally.gone, b, q, p, source, shrinking) if b is not None else ()
         shrinking.checkpoint()
-    return FuzzReport(
-        policy=p,
-        reference=q,
-        seed=seed,
-        length=length,
-        n_pmcs=n_pmcs,
-        requested=traces,
-        traces=done,
-        records=records,
-        diverging=diverging,
-        classes=tuple(found),
-        seconds=seconds,
-        complete=complete,
-        mix=mix,
-        baseline=b,
-        gone=gone,
-        interrupted=not complete or shrinking.stopped,
-    )
+        return FuzzReport(
+            policy=p,
+            reference=q,
+            seed=self.seed,
+            length=self.length,
+            n_pmcs=self.n_pmcs,
+            requested=tally.traces if requested is None else requested,
+            traces=tally.traces,
+            records=tally.records,
+            diverging=tally.diverging,
+            classes=tuple(found),
+            seconds=seconds,
+            complete=complete,
+            mix=self.mix,
+            baseline=b,
+            gone=gone,
+            interrupted=not complete or shrinking.stopped,
+            engine=self.engine,
+        )
 
 
 def _block_traces(block: int, length: int, threads: int | None) -> int:
@@ -705,7 +846,7 @@ class _Shrinking:
 
 
 def _classes(
-    tallies: dict[tuple[int, int, int, int, bool], list[int]],
+    tallies: dict[_ClassKey, tuple[int, int]],
     p: Policy,
     q: Policy,
     without: Policy | None,
