@@ -342,6 +342,10 @@ class FuzzReport:
     the report holds what was finished."""
     engine: str = "concrete"
     """The engine that ran the traces (:data:`ENGINES`)."""
+    campaign: dict[str, Any] | None = None
+    """For a report of :func:`svmpmu.campaign`: how it ran (shards, their size, the workers,
+    shards rerun after a worker died, shards taken from a checkpoint), as plain data;
+    ``None`` for :func:`fuzz`."""
 
     def trace(self, index: int) -> Trace:
         """Trace ``index`` of the run, regenerated from its seed (the same trace whatever the
@@ -497,6 +501,7 @@ class FuzzReport:
             "gone": [c.to_dict() for c in self.gone],
             "interrupted": self.interrupted,
             "engine": self.engine,
+            "campaign": self.campaign,
         }
 
     def to_json(self, **kwargs: Any) -> str:  # noqa: ANN401 (json.dumps's options, passed on)
