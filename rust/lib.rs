@@ -3,6 +3,7 @@
 //! errors to the Python exceptions of `svmpmu.errors`. Every call into the core goes through
 //! [`python::run`]: no panic reaches Python, and a long call stops at a signal.
 
+pub mod automaton;
 pub mod cancel;
 pub mod error;
 pub mod explain;

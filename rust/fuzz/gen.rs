@@ -547,6 +547,65 @@ impl Generator {
     }
 }
 
+/// How the generator draws, as shares of its lookup tables: what the automaton engine
+/// (`crate::automaton`) needs to draw abstract records with the generator's probabilities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Shares {
+    /// Per mode state, how many of the [`OP_SLOTS`] op slots hold each op.
+    pub ops: [[u32; op::COUNT]; 4],
+    /// Of 256 slots: the events ([`Mix::events`] order), the OS/USR bits, the H/G bits and
+    /// the filter actions.
+    pub event: [u32; 3],
+    pub cpl_bits: [u32; 4],
+    pub hg: [u32; 4],
+    pub filter: [u32; 3],
+}
+
+/// Of the 1024 values of [`chance`]'s 10 bits, how many say yes for `permille`.
+pub(crate) fn chance_share(permille: u32) -> u32 {
+    (0..1024u64).filter(|&v| chance(v, permille)).count() as u32
+}
+
+/// Of the 65536 values of the 16 bits a PMC is drawn from, how many give `pmc` of `n_pmcs`.
+pub(crate) fn pmc_share(pmc: usize, n_pmcs: usize) -> u32 {
+    (0..1u64 << 16)
+        .filter(|&x| ((x * n_pmcs as u64) >> 16) as usize == pmc)
+        .count() as u32
+}
+
+/// The constants the generator builds records from, in the order of the mix's weights.
+pub(crate) const GEN_EVENTS: [u32; 3] = EVENTS;
+pub(crate) const GEN_CPL_BITS: [u64; 4] = CPL_BITS;
+pub(crate) const GEN_HG_BITS: [u64; 4] = HG_BITS;
+
+impl Generator {
+    /// The shares of this generator's tables (see [`Shares`]).
+    pub(crate) fn shares(&self) -> Shares {
+        fn count<const N: usize>(slots: &[u8]) -> [u32; N] {
+            let mut out = [0; N];
+            for &s in slots {
+                out[s as usize] += 1;
+            }
+            out
+        }
+        let t = &self.tables;
+        let mut ops = [[0; op::COUNT]; 4];
+        for (state, row) in ops.iter_mut().enumerate() {
+            // State 2 keeps an empty row (all slots 0): it never occurs.
+            if state != 2 {
+                *row = count(&t.ops[state][..]);
+            }
+        }
+        Shares {
+            ops,
+            event: count(&t.event),
+            cpl_bits: count(&t.cpl_bits),
+            hg: count(&t.hg),
+            filter: count(&t.filter),
+        }
+    }
+}
+
 /// The offsets of a batch of `n_traces` traces of `length` records: `i * length` for `i` in
 /// `0..=n_traces`, allocated fallibly.
 pub fn batch_offsets(n_traces: usize, length: usize) -> Result<Vec<u64>, CoreError> {

@@ -141,3 +141,15 @@ pub fn decode<A: Abstract, B: Abstract>(a0: &A, b0: &B, key: u128, n_pmcs: usize
     b.set_own_bits((key >> 96) as u32);
     (a, b)
 }
+
+/// A packed state of two-PMC models with PMC 1's part cleared (its global-control bit, its
+/// selector number and its bit of each byte of both models' own bookkeeping), so that it
+/// holds PMC 0's decision state only: the state of one PMC's component in the automaton
+/// engine (`crate::automaton`), where PMC 1 stands for every other PMC. Decoded, PMC 1 is a
+/// zero selector with clear bookkeeping; no decision of PMC 0 reads it (docs/verification.md
+/// section 4).
+pub fn only_pmc0(key: u128) -> u128 {
+    let shared = 1u128 << 3 | 0xFF << (SEL_SHIFT + 8);
+    let own = 0x0002_0202u128;
+    key & !(shared | own << 64 | own << 96)
+}
