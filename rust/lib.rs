@@ -286,7 +286,7 @@ pub(crate) mod python {
     /// `f` on a pool of `threads` threads ([`Pool::new`]: the global one by default, the
     /// calling thread alone when no thread can start), the calling thread polling `cancel`
     /// meanwhile.
-    fn on_pool<T: Send>(
+    pub(crate) fn on_pool<T: Send>(
         threads: Option<usize>,
         cancel: &Cancel<'_>,
         f: impl FnOnce() -> Result<T, CoreError> + Send,
@@ -346,7 +346,7 @@ pub(crate) mod python {
         Ok(m)
     }
 
-    fn generator(
+    pub(crate) fn generator(
         py: Python<'_>,
         mix: Option<&Bound<'_, PyAny>>,
         n_pmcs: usize,
@@ -458,7 +458,7 @@ pub(crate) mod python {
         )
     }
 
-    fn sig_tuple<'py>(py: Python<'py>, s: &Signature) -> PyResult<Bound<'py, PyTuple>> {
+    pub(crate) fn sig_tuple<'py>(py: Python<'py>, s: &Signature) -> PyResult<Bound<'py, PyTuple>> {
         (s.op, s.hg, s.before, s.after, s.policy_counts).into_pyobject(py)
     }
 
@@ -648,6 +648,8 @@ pub(crate) mod python {
             compare, count_masks, default_mix, fuzz_range, generate, generate_one, shrink,
             signatures, simulate, simulate_batch, validate, verify,
         };
+        #[pymodule_export]
+        use crate::automaton::py::{automaton_range, automaton_walk};
         #[pymodule_export]
         use crate::explain::py::explain;
         #[pymodule_export]

@@ -103,6 +103,26 @@ def fuzz_range(
     threads: int | None = None,
     baseline: _Knobs | None = None,
 ) -> tuple[int, int, int, list[tuple[_Signature, int, int]], list[tuple[_Signature, int, int]]]: ...
+def automaton_range(
+    policy: _Knobs,
+    reference: _Knobs,
+    seed: int,
+    length: int,
+    n_pmcs: int,
+    mix: Mix | None,
+    start: int,
+    end: int,
+    threads: int | None = None,
+) -> tuple[int, int, int, list[tuple[_Signature, int, int]], dict[str, Any]]: ...
+def automaton_walk(
+    policy: _Knobs,
+    reference: _Knobs,
+    seed: int,
+    index: int,
+    length: int,
+    n_pmcs: int,
+    mix: Mix | None,
+) -> tuple[_Columns, list[_Signature], list[_Signature], bool]: ...
 def signatures(
     columns: _Columns, policy: _Knobs, reference: _Knobs, n_pmcs: int
 ) -> list[_Signature]: ...

@@ -35,7 +35,7 @@ from .cli_files import (
 from .errors import PolicyError, TraceError
 from .explain import explain
 from .files import atomic_write
-from .fuzz import FuzzReport, fuzz
+from .fuzz import ENGINES, FuzzReport, fuzz
 from .policy import (
     KNOB_VALUES,
     PRESETS,
@@ -56,7 +56,8 @@ EXIT_DIVERGES = 1
 EXIT_USAGE = 2
 """A usage error or a bad input: a bad option, a file that cannot be read, a bad trace."""
 EXIT_ORACLE = 3
-"""``fuzz --check-oracle``: the Rust core and the oracle disagree (a bug in svmpmu)."""
+"""``fuzz --check-oracle``: the Rust core and the oracle disagree, or ``fuzz --engine
+automaton``: a walk was not confirmed by the concrete models (a bug in svmpmu)."""
 EXIT_INCONCLUSIVE = 3
 """``verify --max-states``: the bound was reached before a divergence was found."""
 EXIT_INTERRUPTED = 130
@@ -100,7 +101,8 @@ def _json_option(text: str) -> str | InvalidValue:
 
 EXIT_HELP = (
     "exit status: 0 the models agree (verify: equivalent), 1 they diverge, 2 a usage error or"
-    " a bad input, 3 fuzz --check-oracle found the core and the oracle disagreeing or verify"
+    " a bad input, 3 fuzz --check-oracle found the core and the oracle disagreeing, fuzz"
+    " --engine automaton had a walk the concrete models did not confirm, or verify"
     " --max-states stopped before finding a divergence, 130 interrupted"
 )
 
@@ -246,6 +248,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write the report as JSON to FILE "
         "('-' for standard output, instead of the text report)",
+    )
+    f.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="concrete",
+        help="concrete: generate and replay concrete records (the default; sees counter"
+        " values, overflows, PMIs and READ values); automaton: random walks on the two"
+        " models' compiled product automaton, several times faster, each reported class"
+        " confirmed on a concrete trace (docs/automaton.md)",
     )
     f.add_argument(
         "--check-oracle",
@@ -437,6 +448,7 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
             n_pmcs=args.n_pmcs,
             progress=progress,
             baseline=baseline,
+            engine=args.engine,
         )
     finally:
         bar.close()
@@ -452,6 +464,10 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             _write_json(args.json, report.to_json(indent=2))
     status = EXIT_DIVERGES if report.classes or report.gone else EXIT_AGREE
+    if report.unconfirmed:  # a walk the concrete models did not confirm: a bug
+        for u in report.unconfirmed:
+            print(f"svmpmu: {u.format()}", file=sys.stderr)
+        status = EXIT_ORACLE
     if args.check_oracle:
         where = sys.stderr if args.json == "-" else out
         if interrupted:

@@ -24,7 +24,16 @@ from .policy import Policy, PolicyLike, resolve_policy
 from .result import Comparison
 from .trace import Trace
 
-__all__ = ["DivergenceClass", "FuzzReport", "FuzzRun", "FuzzTally", "Signature", "fuzz"]
+__all__ = [
+    "ENGINES",
+    "DivergenceClass",
+    "FuzzReport",
+    "FuzzRun",
+    "FuzzTally",
+    "Signature",
+    "Unconfirmed",
+    "fuzz",
+]
 
 _HG = ("no H/G", "G", "H", "HG")
 _STATE = {0: "svme=0", 1: "host (svme=1)", 3: "guest"}
@@ -222,7 +231,7 @@ class _UnshrunkClass(DivergenceClass):
     as generated, regenerated and replayed only when asked for, so that an interrupted run
     ends at once however long its traces are."""
 
-    _source: tuple[tuple[Policy, Policy], tuple[int, int, int, Mix]]
+    _source: tuple[tuple[Policy, Policy], FuzzRun]
 
     def __init__(
         self,
@@ -230,15 +239,15 @@ class _UnshrunkClass(DivergenceClass):
         count: int,
         first: int,
         models: tuple[Policy, Policy],
-        run: tuple[int, int, int, Mix],
+        run: FuzzRun,
     ) -> None:
         """Class ``sig`` of ``models`` (policy, reference), ``count`` traces, the first being
-        trace ``first`` of ``run`` (seed, length, n_pmcs, mix)."""
+        trace ``first`` of ``run``."""
         for name, value in (
             ("signature", sig),
             ("count", count),
             ("trace_index", first),
-            ("original_length", run[1]),
+            ("original_length", run.length),
             ("shrunk", False),
         ):
             object.__setattr__(self, name, value)
@@ -247,26 +256,26 @@ class _UnshrunkClass(DivergenceClass):
     @functools.cached_property
     def reproducer(self) -> Trace:
         """The class's first trace, regenerated."""
-        _models, (seed, length, n_pmcs, mix) = self._source
-        return _regenerate(seed, self.trace_index, length, n_pmcs, mix)
+        _models, run = self._source
+        return run.trace(self.trace_index)
 
     @functools.cached_property
     def comparison(self) -> Comparison:
         """The first trace replayed through both models."""
         (p, q), run = self._source
-        return compare(self.reproducer, p, q, n_pmcs=run[2])
+        return compare(self.reproducer, p, q, n_pmcs=run.n_pmcs)
 
     @functools.cached_property
     def policy_counted(self) -> np.ndarray:
         """Per record of the first trace, the PMCs the policy counted on."""
         (p, _q), run = self._source
-        return _core.count_masks(_columns(self.reproducer), p._core_knobs, run[2])
+        return _core.count_masks(_columns(self.reproducer), p._core_knobs, run.n_pmcs)
 
     @functools.cached_property
     def reference_counted(self) -> np.ndarray:
         """The same for the reference."""
         (_p, q), run = self._source
-        return _core.count_masks(_columns(self.reproducer), q._core_knobs, run[2])
+        return _core.count_masks(_columns(self.reproducer), q._core_knobs, run.n_pmcs)
 
 
 def counterexample_lines(
@@ -342,6 +351,12 @@ class FuzzReport:
     the report holds what was finished."""
     engine: str = "concrete"
     """The engine that ran the traces (:data:`ENGINES`)."""
+    table: dict[str, Any] | None = None
+    """For the automaton engine: the compiled table (``states``, ``columns``, ``table_bytes``,
+    ``total_bytes``, ``build_seconds``, ``cached``, ...; :meth:`FuzzRun.table`)."""
+    unconfirmed: tuple[Unconfirmed, ...] = ()
+    """For the automaton engine: walks the concrete models did not confirm (a bug of
+    svmpmu, never expected; their classes are left out of ``classes``)."""
     campaign: dict[str, Any] | None = None
     """For a report of :func:`svmpmu.campaign`: how it ran (shards, their size, the workers,
     shards rerun after a worker died, shards taken from a checkpoint), as plain data;
@@ -349,8 +364,22 @@ class FuzzReport:
 
     def trace(self, index: int) -> Trace:
         """Trace ``index`` of the run, regenerated from its seed (the same trace whatever the
-        threads and blocks of the run)."""
-        return _regenerate(self.seed, index, self.length, self.n_pmcs, self.mix)
+        threads and blocks of the run); for the automaton engine, walk ``index`` made
+        concrete."""
+        return self.run().trace(index)
+
+    def run(self) -> FuzzRun:
+        """The :class:`FuzzRun` of this report: its traces, and more of them."""
+        return FuzzRun(
+            self.policy,
+            self.reference,
+            seed=self.seed,
+            length=self.length,
+            n_pmcs=self.n_pmcs,
+            mix=self.mix,
+            baseline=self.baseline,
+            engine=self.engine,
+        )
 
     @property
     def unshrunk(self) -> int:
@@ -374,6 +403,8 @@ class FuzzReport:
         )
         share = self.diverging / max(self.traces, 1)
         lines = [head]
+        if self.table is not None:
+            lines.append(self._table_line())
         if self.baseline is None:
             lines.append(
                 f"{self.diverging} diverging traces ({share:.2%}), {len(self.classes)} classes;"
@@ -418,6 +449,8 @@ class FuzzReport:
                 )
         if self.unshrunk:
             lines += ["", self._unshrunk_note()]
+        if self.unconfirmed:
+            lines += ["", *(u.format() for u in self.unconfirmed)]
         if why:
             lines += ["", self._documented_summary(why)]
         if counterexamples:
@@ -426,6 +459,21 @@ class FuzzReport:
                     lines.append("")
                     lines.append(f"[{tag}{k}] " + c.format())
         return "\n".join(lines)
+
+    def _table_line(self) -> str:
+        """The automaton engine's table, in one line."""
+        t = self.table or {}
+        built = (
+            "compiled earlier in this process"
+            if t.get("cached")
+            else f"compiled in {t.get('build_seconds', 0.0):.2f} s"
+        )
+        return (
+            f"engine automaton: one PMC's product automaton, {t.get('explored_states')} states"
+            f" minimised to {t.get('states')}, {t.get('columns')} columns,"
+            f" {t.get('merged_letters')} letters; table {t.get('table_bytes', 0) / 1024:.0f} KiB,"
+            f" {built}"
+        )
 
     def _unshrunk_note(self) -> str:
         """What the ``*`` in the ``min`` column means."""
@@ -501,6 +549,8 @@ class FuzzReport:
             "gone": [c.to_dict() for c in self.gone],
             "interrupted": self.interrupted,
             "engine": self.engine,
+            "table": self.table,
+            "unconfirmed": [u.to_dict() for u in self.unconfirmed],
             "campaign": self.campaign,
         }
 
@@ -563,7 +613,9 @@ def fuzz(
     n_pmcs = _n_pmcs(int(given) if isinstance(given, np.integer) else n_pmcs)
     _check_run(traces, length, seed, threads)
     run = FuzzRun(p, q, seed=seed, length=length, n_pmcs=n_pmcs, mix=mix, baseline=b, engine=engine)
-    # Fail on a bad policy, mix, n_pmcs or engine before any work.
+    # Fail on a bad policy, mix, n_pmcs or engine before any work (and compile the automaton
+    # engine's table, timed apart).
+    table = run.table(threads)
     run.tally(0, 0, threads)
     step = _block_traces(int(block), length, threads)
     tally = FuzzTally()
@@ -584,7 +636,12 @@ def fuzz(
             complete = False
         seconds = time.perf_counter() - start
         return run.report(
-            tally, requested=traces, seconds=seconds, complete=complete, deferred=deferred
+            tally,
+            requested=traces,
+            seconds=seconds,
+            complete=complete,
+            deferred=deferred,
+            table=table,
         )
 
 
@@ -658,8 +715,43 @@ class FuzzTally:
         )
 
 
-ENGINES = ("concrete",)
-"""The fuzzing engines: ``concrete`` generates and replays concrete records."""
+ENGINES = ("concrete", "automaton")
+"""The fuzzing engines. ``concrete`` generates concrete records and replays them through both
+models. ``automaton`` walks the product automaton of the two models compiled to a table,
+drawing abstract records with the generator's probabilities, and makes a walk concrete only
+to report it (each class's first walk is replayed through the concrete models, which must
+show the same classes); it leaves out what the abstraction does not see: counter values,
+overflows, PMIs and READ values (docs/automaton.md)."""
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A walk of the automaton engine that the concrete models did not confirm: its trace
+    shows other classes than the walk (a bug of svmpmu; please report it)."""
+
+    trace_index: int
+    walk_classes: tuple[Signature, ...]
+    concrete_classes: tuple[Signature, ...]
+
+    def format(self) -> str:
+        """One line naming the walk and the classes on each side."""
+
+        def names(sigs: tuple[Signature, ...]) -> str:
+            return ", ".join(s.name for s in sigs) or "none"
+
+        return (
+            f"BUG: walk {self.trace_index} was not confirmed: the walk shows"
+            f" {names(self.walk_classes)}; its trace replayed shows"
+            f" {names(self.concrete_classes)} (please report it with this line)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain data (for JSON): class names."""
+        return {
+            "trace_index": self.trace_index,
+            "walk_classes": [s.name for s in self.walk_classes],
+            "concrete_classes": [s.name for s in self.concrete_classes],
+        }
 
 
 @dataclass(frozen=True)
@@ -686,11 +778,81 @@ class FuzzRun:
         """Check the engine (the rest is checked by the core on the first :meth:`tally`)."""
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "automaton" and self.baseline is not None:
+            raise ValueError(
+                "the automaton engine does not diff against a baseline: use engine='concrete'"
+                " (--engine concrete) with a baseline"
+            )
+
+    def _walks(self, start: int, end: int, threads: int | None) -> Any:  # noqa: ANN401
+        """The core's walks ``start..end``: (traces, records, diverging, classes, table)."""
+        return _core.automaton_range(
+            self.policy._core_knobs,
+            self.reference._core_knobs,
+            self.seed,
+            self.length,
+            self.n_pmcs,
+            self.mix,
+            start,
+            end,
+            threads,
+        )
+
+    def _walk(self, index: int) -> Any:  # noqa: ANN401
+        """The core's walk ``index``: (columns, walk classes, concrete classes, diverged)."""
+        return _core.automaton_walk(
+            self.policy._core_knobs,
+            self.reference._core_knobs,
+            self.seed,
+            index,
+            self.length,
+            self.n_pmcs,
+            self.mix,
+        )
+
+    def table(self, threads: int | None = None) -> dict[str, Any] | None:
+        """For the automaton engine, the compiled table's figures: the states of one PMC's
+        product automaton explored and left after minimising, its symbols and columns, the
+        letters drawn, the classes it can show, its bytes and all the bytes a walk reads, the
+        seconds its build took, and whether it came from this process's cache (it is
+        compiled on first use). ``None`` for the concrete engine."""
+        if self.engine != "automaton":
+            return None
+        stats: dict[str, Any] = self._walks(0, 0, threads)[4]
+        return stats
+
+    def trace(self, index: int) -> Trace:
+        """Trace ``index`` of the run: generated from the seed, or for the automaton engine,
+        walk ``index`` made concrete."""
+        if self.engine == "automaton":
+            return Trace(*self._walk(index)[0])
+        return _regenerate(self.seed, index, self.length, self.n_pmcs, self.mix)
+
+    def confirm(self, index: int) -> tuple[Trace, Unconfirmed | None]:
+        """Walk ``index`` of the automaton engine made concrete, and ``None`` if the concrete
+        models show the walk's classes on it, else what they show instead."""
+        columns, walk, concrete, _diverged = self._walk(index)
+        trace = Trace(*columns)
+        if sorted(walk) == sorted(concrete):
+            return trace, None
+        return trace, Unconfirmed(
+            index,
+            tuple(Signature(*s) for s in sorted(walk)),
+            tuple(Signature(*s) for s in sorted(concrete)),
+        )
 
     def tally(self, start: int, end: int, threads: int | None = None) -> FuzzTally:
         """Run traces ``start..end`` (in parallel on ``threads``, the same for any number)
         and tally them, unshrunk. Not interruptible between blocks: callers cut their work
         into pieces of a second or so (:func:`fuzz` does)."""
+        if self.engine == "automaton":
+            _n, r, d, classes, _table = self._walks(start, end, threads)
+            return FuzzTally(
+                traces=end - start,
+                records=r,
+                diverging=d,
+                classes={tuple(sig): (count, first) for sig, count, first in classes},
+            )
         bk = None if self.baseline is None else self.baseline._core_knobs
         _n, r, d, classes, lost = _core.fuzz_range(
             self.policy._core_knobs,
@@ -720,17 +882,19 @@ class FuzzRun:
         seconds: float = 0.0,
         complete: bool = True,
         deferred: _DeferredSignals | None = None,
+        table: dict[str, Any] | None = None,
     ) -> FuzzReport:
         """The report of ``tally`` (of traces ``0..tally.traces`` of this run): each class's
         first trace shrunk, as :func:`fuzz` reports it. ``requested`` defaults to the traces
         of the tally; ``complete=False`` marks a run that stopped early (its classes are then
-        shrunk for at most about a second)."""
+        shrunk for at most about a second). ``table`` is the automaton engine's
+        :meth:`table` as the run first got it (by default, asked for now)."""
         deferred = deferred if deferred is not None else _DeferredSignals()
         p, q, b = self.policy, self.reference, self.baseline
-        source = (self.seed, self.length, self.n_pmcs, self.mix)
         shrinking = _Shrinking(deferred, after_interrupt=not complete)
-        found = _classes(tally.classes, p, q, b, source, shrinking)
-        gone = _classes(tally.gone, b, q, p, source, shrinking) if b is not None else ()
+        unconfirmed: list[Unconfirmed] = []
+        found = _classes(tally.classes, p, q, b, self, shrinking, unconfirmed)
+        gone = _classes(tally.gone, b, q, p, self, shrinking, unconfirmed) if b is not None else ()
         shrinking.checkpoint()
         return FuzzReport(
             policy=p,
@@ -750,6 +914,8 @@ class FuzzRun:
             gone=gone,
             interrupted=not complete or shrinking.stopped,
             engine=self.engine,
+            table=table if table is not None else self.table(),
+            unconfirmed=tuple(unconfirmed),
         )
 
 
@@ -855,21 +1021,31 @@ def _classes(
     p: Policy,
     q: Policy,
     without: Policy | None,
-    run: tuple[int, int, int, Mix],
+    run: FuzzRun,
     shrinking: _Shrinking,
+    unconfirmed: list[Unconfirmed],
 ) -> tuple[DivergenceClass, ...]:
     """The classes of ``tallies`` (``p`` against ``q``), most frequent first, each with its
     first trace shrunk to a reproducer that keeps showing it (and, with ``without``, keeps
-    ``without`` from showing it), as far as ``shrinking`` allows; the others unshrunk."""
-    seed, length, n_pmcs, mix = run
+    ``without`` from showing it), as far as ``shrinking`` allows; the others unshrunk. For
+    the automaton engine, each class's first walk is made concrete and replayed first: a walk
+    the concrete models do not confirm goes to ``unconfirmed`` and its class is left out."""
+    length, n_pmcs = run.length, run.n_pmcs
     pk, qk = p._core_knobs, q._core_knobs
     wk = None if without is None else without._core_knobs
     found: list[DivergenceClass] = []
     for sig, (count, first) in sorted(tallies.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        if run.engine == "automaton":
+            original, bug = run.confirm(first)
+            if bug is not None:
+                if bug not in unconfirmed:
+                    unconfirmed.append(bug)
+                continue
+        elif shrinking.allowed(length):
+            original = run.trace(first)
         if not shrinking.allowed(length):
             found.append(_UnshrunkClass(Signature(*sig), count, first, (p, q), run))
             continue
-        original = _regenerate(seed, first, length, n_pmcs, mix)
         small = Trace(*_core.shrink(_columns(original), sig, pk, qk, n_pmcs, wk))
         columns = _columns(small)
         found.append(

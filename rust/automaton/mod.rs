@@ -579,3 +579,6 @@ pub fn walk_trace(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(feature = "python")]
+pub mod py;
