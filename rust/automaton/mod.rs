@@ -208,7 +208,8 @@ pub fn compile(
     })
 }
 
-/// Merge the letters whose walks are the same (see [`compile`]); their probabilities add up.
+/// Merge the letters whose walks are the same (see [`compile`]): valid in the same modes,
+/// leading to the same mode from each; their probabilities add up.
 fn merge_letters(
     letters: draw::Letters,
     proj: Vec<[u32; PROJ]>,
@@ -216,7 +217,10 @@ fn merge_letters(
     let mut groups: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
     let mut members: Vec<Vec<usize>> = Vec::new();
     for (l, &r) in letters.letters.iter().enumerate() {
-        let next = MODES.map(|m| crate::trace::next_state(r, m));
+        // A letter stands for another only where both are valid, and lead to the same mode.
+        let next = MODES.map(|m| {
+            crate::trace::is_valid(r, m, MAX_PMCS).then(|| crate::trace::next_state(r, m))
+        });
         let key = (proj[l], next, r.op == op::READ);
         let g = *groups.entry(key).or_insert_with(|| {
             members.push(Vec::new());

@@ -111,6 +111,7 @@ fn every_walk_is_confirmed_by_the_concrete_models() {
             let mut diverged = 0;
             for index in 0..300 {
                 let w = walk_trace(&c, 5, index, 64).unwrap();
+                crate::trace::validate(&w.trace.as_ref(), n_pmcs).unwrap();
                 let concrete = signatures(&w.trace.as_ref(), &p, &arch(), n_pmcs);
                 assert_eq!(
                     w.classes, concrete,
@@ -133,6 +134,7 @@ fn long_walks_are_confirmed_too() {
     let c = compile(&p, &arch(), &generator(6)).unwrap();
     for index in 0..20 {
         let w = walk_trace(&c, 9, index, 2000).unwrap();
+        crate::trace::validate(&w.trace.as_ref(), 6).unwrap();
         let concrete = signatures(&w.trace.as_ref(), &p, &arch(), 6);
         assert_eq!(w.classes, concrete, "walk {index}");
     }
