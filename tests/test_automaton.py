@@ -26,11 +26,14 @@ def _comparable(report):
 def test_automaton_report_has_the_fuzz_format_and_confirmed_classes():
     r = svmpmu.fuzz("v4", traces=20_000, length=64, seed=3, engine="automaton")
     c = svmpmu.fuzz("v4", traces=2_000, length=64, seed=3)
-    assert r.engine == "automaton" and c.engine == "concrete"
+    assert r.engine == "automaton"
+    assert c.engine == "concrete"
     assert set(r.to_dict()) == set(c.to_dict())
     assert r.unconfirmed == ()
-    assert r.classes and r.diverging > 0
-    assert r.table is not None and r.table["states"] <= r.table["explored_states"]
+    assert r.classes
+    assert r.diverging > 0
+    assert r.table is not None
+    assert r.table["states"] <= r.table["explored_states"]
     for cls in r.classes:
         # The shrunk reproducer shows its class under the concrete models.
         assert cls.signature in signatures(cls.reproducer, "v4"), cls.signature
@@ -39,7 +42,8 @@ def test_automaton_report_has_the_fuzz_format_and_confirmed_classes():
     text = r.format(counterexamples=True, documented=True)
     assert "engine automaton" in text
     data = json.loads(r.to_json())
-    assert data["engine"] == "automaton" and data["unconfirmed"] == []
+    assert data["engine"] == "automaton"
+    assert data["unconfirmed"] == []
 
 
 def test_automaton_runs_are_the_same_for_any_threads_blocks_and_splits():
@@ -69,7 +73,8 @@ def test_automaton_finds_the_concrete_classes_and_nothing_verify_calls_unreachab
     frequent = {c.signature for c in concrete.classes if c.count >= 10}
     assert frequent <= found, frequent - found
     if preset == "arch":
-        assert walks.diverging == 0 and not found
+        assert walks.diverging == 0
+        assert not found
 
 
 def test_automaton_refuses_a_baseline_and_unknown_engines():
@@ -92,7 +97,8 @@ def test_automaton_follows_the_mix():
     ops["WRMSR_EVTSEL"] = 0
     quiet = svmpmu.Mix(ops=ops)
     r = svmpmu.fuzz("final", traces=5_000, length=64, seed=1, engine="automaton", mix=quiet)
-    assert r.diverging == 0 and not r.classes
+    assert r.diverging == 0
+    assert not r.classes
 
 
 def test_cli_fuzz_engine_automaton(capsys, tmp_path):
@@ -111,7 +117,8 @@ def test_cli_fuzz_engine_automaton(capsys, tmp_path):
     )
     text = capsys.readouterr().out
     assert status == 1
-    assert "engine automaton" in text and "classes" in text
+    assert "engine automaton" in text
+    assert "classes" in text
     assert json.loads(out.read_text())["engine"] == "automaton"
     status = cli_main(["fuzz", "--engine", "automaton", "--baseline", "v4", "--traces", "5"])
     assert status == 2
