@@ -245,24 +245,25 @@ pub fn letters(generator: &Generator) -> Letters {
 }
 
 /// One slot of an alias table: below `threshold` (of the low 32 bits of the random word) the
-/// slot's own letter, else its alias. Each letter is packed with the mode it leads to:
-/// `letter << 2 | next mode`.
+/// slot's own letter, else its alias. Each letter is packed with where the alias table of the
+/// mode it leads to starts: `letter << 16 | next mode * size`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Slot {
     pub threshold: u32,
-    pub own: u16,
-    pub alias: u16,
+    pub own: u32,
+    pub alias: u32,
 }
 
 /// The alias table (Walker's method, Vose's construction) of mode `MODES[m]` with `size`
-/// slots (at least the letters of non-zero probability; the others get probability 0): each
+/// slots (at least the letters of non-zero probability; the others get probability 0), the
+/// tables of the modes `stride` slots apart: each
 /// letter is drawn with its probability to within 2^-32. Every mode's table has the same size,
 /// so that the slot a random word picks does not wait for the mode.
-pub fn alias_table(letters: &Letters, m: usize, size: usize) -> Vec<Slot> {
+pub fn alias_table(letters: &Letters, m: usize, size: usize, stride: usize) -> Vec<Slot> {
     let mode = MODES[m];
-    let pack = |l: usize| -> u16 {
+    let pack = |l: usize| -> u32 {
         let next = next_state(letters.letters[l], mode);
-        (l as u16) << 2 | next as u16
+        (l as u32) << 16 | (next as usize * stride) as u32
     };
     let mut drawn: Vec<(usize, f64)> = letters.probability[m]
         .iter()
@@ -335,7 +336,7 @@ impl WyRand {
 /// one random word: the high 32 bits pick the slot, the low 32 bits decide between its letter
 /// and its alias. Returns the packed letter.
 #[inline(always)]
-pub fn draw(slots: &[Slot], base: usize, size: usize, x: u64) -> u16 {
+pub fn draw(slots: &[Slot], base: usize, size: usize, x: u64) -> u32 {
     let i = (((x >> 32) * size as u64) >> 32) as usize;
     let s = slots[base + i];
     // Taken half the time at random: a select, not a branch.

@@ -164,10 +164,16 @@ pub fn compile(
     // representative is the likeliest of them.
     let (letters, proj) = merge_letters(letters, proj);
     let size = draw::widest(&letters);
+    if letters.letters.len() > 0xFFFF || 4 * size > 0xFFFF {
+        return Err(CoreError::Value(format!(
+            "the automaton engine draws at most 65535 letters, this mix has {}",
+            letters.letters.len()
+        )));
+    }
     let mut slots = vec![Slot::default(); 4 * size];
     for (m, &mode) in MODES.iter().enumerate() {
         let at = mode as usize * size;
-        slots[at..at + size].copy_from_slice(&draw::alias_table(&letters, m, size));
+        slots[at..at + size].copy_from_slice(&draw::alias_table(&letters, m, size, size));
     }
     let classes: Vec<ClassInfo> = explored
         .classes
@@ -301,17 +307,17 @@ struct Outcome {
 /// Where a recorded walk puts each step: the letter and each PMC's label.
 trait Steps {
     /// `entries`: each PMC's table entry of the step (its label on top).
-    fn step(&mut self, letter: u16, entries: &[u32]);
+    fn step(&mut self, letter: u32, entries: &[u32]);
 }
 
 struct NoSteps;
 impl Steps for NoSteps {
     #[inline(always)]
-    fn step(&mut self, _letter: u16, _entries: &[u32]) {}
+    fn step(&mut self, _letter: u32, _entries: &[u32]) {}
 }
 
-impl Steps for Vec<(u16, [u8; MAX_PMCS])> {
-    fn step(&mut self, letter: u16, entries: &[u32]) {
+impl Steps for Vec<(u32, [u8; MAX_PMCS])> {
+    fn step(&mut self, letter: u32, entries: &[u32]) {
         let mut l = [0; MAX_PMCS];
         for (l, &e) in l.iter_mut().zip(entries) {
             *l = (e >> LABEL_SHIFT) as u8;
@@ -392,8 +398,8 @@ fn walk<const N: usize>(
     let mut out = Outcome::default();
     for _ in 0..length {
         let packed = draw::draw(slots, base, size, rng.next_u64());
-        base = (packed & 3) as usize * size;
-        let letter = (packed >> 2) as usize;
+        base = (packed & 0xFFFF) as usize;
+        let letter = (packed >> 16) as usize;
         let columns = proj[letter];
         let mut any = 0u32;
         for p in 0..N {
@@ -402,9 +408,11 @@ fn walk<const N: usize>(
             state[p] = table[(state[p] + columns[p]) as usize & (TABLE_CAP - 1)];
             any |= state[p];
         }
-        steps.step(letter as u16, &state);
+        steps.step(letter as u32, &state);
         if any >> LABEL_SHIFT != 0 || d.dirty as u32 & columns[SPECIAL] != 0 {
-            d.update(c, letter, &state, &mut out);
+            // A copy: the states stay in registers on the common path.
+            let entries = state;
+            d.update(c, letter, &entries, &mut out);
         }
     }
     out.diverged = d.seen || d.dirty != 0;
@@ -522,7 +530,7 @@ pub fn walk_trace(
     index: u64,
     length: usize,
 ) -> Result<Concrete, CoreError> {
-    let mut steps: Vec<(u16, [u8; MAX_PMCS])> = crate::memory::with_capacity(length, "a walk")?;
+    let mut steps: Vec<(u32, [u8; MAX_PMCS])> = crate::memory::with_capacity(length, "a walk")?;
     let out = walk_n(c, seed, index, length, &mut steps);
     let n = c.n_pmcs;
     // The most one-event partings on a PMC between two of its resets.

@@ -70,16 +70,16 @@ fn alias_tables_draw_letters_with_their_probabilities() {
     let letters = draw::letters(&g);
     let size = draw::widest(&letters);
     for (m, &mode) in MODES.iter().enumerate() {
-        let slots = draw::alias_table(&letters, m, size);
+        let slots = draw::alias_table(&letters, m, size, size);
         let mut counts = vec![0u64; letters.letters.len()];
         let mut rng = draw::WyRand(crate::fuzz::gen::Rng::for_trace(99, m as u64).next_u64());
         let n = 4_000_000;
         for _ in 0..n {
             let packed = draw::draw(&slots, 0, size, rng.next_u64());
-            let l = (packed >> 2) as usize;
+            let l = (packed >> 16) as usize;
             assert_eq!(
-                (packed & 3) as u8,
-                next_state(letters.letters[l], mode),
+                (packed & 0xFFFF) as usize,
+                next_state(letters.letters[l], mode) as usize * size,
                 "the packed next mode"
             );
             assert!(is_valid(letters.letters[l], mode, 2));
