@@ -35,11 +35,14 @@ EQUAL_BY_VALUE = (
     "mix",
     "signature",
     "ftrace_import",
+    "fuzz_run",
+    "fuzz_tally",
 )
 """The objects whose ``==`` compares values: a copy must equal the original."""
 COMPARED_BY_FIELDS = (
     "divergence_class",
     "fuzz_report",
+    "automaton_report",
     "verified_class",
     "verdict",
     "explanation",
@@ -87,6 +90,11 @@ def values() -> dict[str, object]:
         "signature": report.classes[0].signature,
         "divergence_class": report.classes[0],
         "fuzz_report": report,
+        "automaton_report": svmpmu.fuzz(
+            "v4", traces=3000, length=24, seed=1, engine="automaton", n_pmcs=3
+        ),
+        "fuzz_run": report.run(),
+        "fuzz_tally": report.run().tally(0, 500),
         "verified_class": verdict.classes[0],
         "verdict": verdict,
         "explanation": svmpmu.explain(worked, "v4"),
