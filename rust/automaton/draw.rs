@@ -339,6 +339,8 @@ impl WyRand {
 pub fn draw(slots: &[Slot], base: usize, size: usize, x: u64) -> u32 {
     let i = (((x >> 32) * size as u64) >> 32) as usize;
     let s = slots[base + i];
-    // Taken half the time at random: a select, not a branch.
-    std::hint::select_unpredictable((x as u32) < s.threshold, s.own, s.alias)
+    // Taken half the time at random: no branch, and no load that waits for the comparison
+    // (the next draw waits for this one).
+    let own = (((x as u32) < s.threshold) as u32).wrapping_neg();
+    s.alias ^ ((s.own ^ s.alias) & own)
 }
