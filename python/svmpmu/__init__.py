@@ -17,6 +17,7 @@ specification leaves open are in ``docs/semantics.md``. Quick start::
 from ._api import BatchResult, compare, generate, simulate, simulate_batch, validate
 from ._core import __version__
 from .batch import TraceBatch
+from .campaign import campaign
 from .errors import PolicyError, TraceError, TraceSyntaxError
 from .explain import Explanation, explain
 from .files import (
@@ -88,6 +89,7 @@ __all__ = [
     "Verdict",
     "VerifiedClass",
     "__version__",
+    "campaign",
     "compare",
     "event_key",
     "explain",
