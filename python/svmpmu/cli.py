@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from ._api import MAX_THREADS, compare, simulate
+from .cli_campaign import register as register_campaign
 from .cli_files import (
     InvalidValue,
     int_option,
@@ -380,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
         help="list the presets and their knobs",
         description="List every preset with the knobs it sets.",
     )
-    parser.set_defaults(file_commands=register(sub))
+    parser.set_defaults(file_commands={**register(sub), **register_campaign(sub)})
     for command in sub.choices.values():  # --debug after the command's name works too
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
