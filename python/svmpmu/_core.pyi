@@ -20,6 +20,8 @@ from svmpmu.mix import Mix
 __all__ = [
     "KNOBS",
     "PRESETS",
+    "automaton_range",
+    "automaton_walk",
     "compare",
     "count_masks",
     "default_mix",
