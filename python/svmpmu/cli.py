@@ -199,32 +199,17 @@ def _model_options(parser: argparse.ArgumentParser, set_example: str) -> None:
     knob_option(parser, "--set-baseline", "baseline_knobs", "baseline", "vmexit_timing=sync")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="svmpmu",
-        description="Replay, compare and fuzz KVM's virtualization of AMD Host-Only/Guest-Only "
-        "performance counters under nested SVM.",
-    )
-    parser.add_argument("--version", action="version", version=f"svmpmu {__version__}")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="on an error, print its traceback too (for a bug report)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    f = sub.add_parser(
-        "fuzz",
-        epilog=EXIT_HELP,
-        help="fuzz a policy against a reference and print the divergence classes",
-        description="Generate random valid traces, replay each through POLICY and REFERENCE, "
-        "group the divergences into classes and shrink one trace of each class to a minimal "
-        "counterexample. Every figure is reproducible from --seed.",
-    )
-    _model_options(f, "vmrun_order=before_entry")
-    f.add_argument(
-        "--traces", type=int_option(0), default=1_000_000, help="number of traces (default 1000000)"
-    )
+def fuzz_run_options(
+    f: argparse.ArgumentParser,
+    *,
+    traces: str,
+    threads: str,
+    between: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """The options of a fuzzing run that ``fuzz`` and ``campaign`` share, with their own help
+    for ``--traces`` and ``--threads``; ``between`` adds the caller's own options after
+    ``--n-pmcs``."""
+    f.add_argument("--traces", type=int_option(0), default=1_000_000, help=traces)
     f.add_argument(
         "--length", type=int_option(0), default=64, help="records per trace (default 64)"
     )
@@ -234,15 +219,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="seed of the generator, 0..2**64-1 (default 1)",
     )
-    f.add_argument(
-        "--threads",
-        type=int_option(1, MAX_THREADS),
-        default=None,
-        help="worker threads (default: all cores, or RAYON_NUM_THREADS)",
-    )
+    f.add_argument("--threads", type=int_option(1, MAX_THREADS), default=None, help=threads)
     f.add_argument(
         "--n-pmcs", type=n_pmcs_option(), default=6, help="PMCs per trace, 1..6 (default 6)"
     )
+    if between is not None:
+        between(f)
     f.add_argument(
         "--json",
         type=_json_option,
@@ -276,6 +258,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--summary", action="store_true", help="the table only (the default; kept for scripts)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="svmpmu",
+        description="Replay, compare and fuzz KVM's virtualization of AMD Host-Only/Guest-Only "
+        "performance counters under nested SVM.",
+    )
+    parser.add_argument("--version", action="version", version=f"svmpmu {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print its traceback too (for a bug report)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    f = sub.add_parser(
+        "fuzz",
+        epilog=EXIT_HELP,
+        help="fuzz a policy against a reference and print the divergence classes",
+        description="Generate random valid traces, replay each through POLICY and REFERENCE, "
+        "group the divergences into classes and shrink one trace of each class to a minimal "
+        "counterexample. Every figure is reproducible from --seed.",
+    )
+    _model_options(f, "vmrun_order=before_entry")
+    fuzz_run_options(
+        f,
+        traces="number of traces (default 1000000)",
+        threads="worker threads (default: all cores, or RAYON_NUM_THREADS)",
     )
 
     v = sub.add_parser(

@@ -16,10 +16,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from ._api import MAX_THREADS
 from .campaign import CampaignError, CampaignProgress, campaign
-from .cli_files import MAX_COUNT, InvalidValue, int_option, n_pmcs_option
-from .fuzz import ENGINES
+from .cli_files import MAX_COUNT, InvalidValue, int_option
 
 __all__ = ["register"]
 
@@ -48,7 +46,7 @@ def _checkpoint_option(text: str) -> str | InvalidValue:
 
 def register(sub: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
     """Add the ``campaign`` command to ``sub``; its handler by command name."""
-    from .cli import EXIT_HELP, _json_option, _model_options
+    from .cli import EXIT_HELP, _model_options, fuzz_run_options
 
     c = sub.add_parser(
         "campaign",
@@ -62,95 +60,49 @@ def register(sub: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
         f"{_CLUSTER_EXTRA} (docs/campaigns.md).",
     )
     _model_options(c, "vmrun_order=before_entry")
-    c.add_argument(
-        "--traces",
-        type=int_option(0),
-        default=1_000_000,
-        help="traces in the whole campaign (default 1000000)",
-    )
-    c.add_argument(
-        "--length", type=int_option(0), default=64, help="records per trace (default 64)"
-    )
-    c.add_argument(
-        "--seed",
-        type=int_option(0, 2**64 - 1),
-        default=1,
-        help="seed of the generator, 0..2**64-1 (default 1)",
-    )
-    c.add_argument(
-        "--threads",
-        type=int_option(1, MAX_THREADS),
-        default=None,
-        help="threads a shard runs on (default: all cores in this process; 1 on a Dask"
+
+    def campaign_options(c: argparse.ArgumentParser) -> None:
+        """The options of a campaign alone: its shards, where they run, its checkpoint."""
+        c.add_argument(
+            "--shard-traces",
+            type=int_option(1, MAX_COUNT),
+            default=None,
+            metavar="N",
+            help="traces a shard (default: the checkpoint's, else at most 32 M records a shard"
+            " and at least 4 shards a worker thread; docs/campaigns.md)",
+        )
+        where = c.add_mutually_exclusive_group()
+        where.add_argument(
+            "--scheduler",
+            type=_scheduler_option,
+            default=None,
+            metavar="tcp://HOST:PORT",
+            help="run the shards on the Dask cluster of this scheduler (its workers need svmpmu"
+            " installed, the same version)",
+        )
+        where.add_argument(
+            "--local-workers",
+            type=int_option(1, 1024),
+            default=None,
+            metavar="N",
+            help="start a Dask cluster of N worker processes of one thread each on this"
+            " machine (loopback only) and run the shards there",
+        )
+        c.add_argument(
+            "--checkpoint",
+            type=_checkpoint_option,
+            default=None,
+            metavar="FILE",
+            help="keep the finished shards in FILE (JSON, written atomically) and resume from it"
+            " if it exists; a checkpoint of another campaign is refused",
+        )
+
+    fuzz_run_options(
+        c,
+        traces="traces in the whole campaign (default 1000000)",
+        threads="threads a shard runs on (default: all cores in this process; 1 on a Dask"
         " cluster, whose workers run a shard a thread)",
-    )
-    c.add_argument(
-        "--n-pmcs", type=n_pmcs_option(), default=6, help="PMCs per trace, 1..6 (default 6)"
-    )
-    c.add_argument(
-        "--shard-traces",
-        type=int_option(1, MAX_COUNT),
-        default=None,
-        metavar="N",
-        help="traces a shard (default: the checkpoint's, else at most 32 M records a shard"
-        " and at least 4 shards a worker thread; docs/campaigns.md)",
-    )
-    where = c.add_mutually_exclusive_group()
-    where.add_argument(
-        "--scheduler",
-        type=_scheduler_option,
-        default=None,
-        metavar="tcp://HOST:PORT",
-        help="run the shards on the Dask cluster of this scheduler (its workers need svmpmu"
-        " installed, the same version)",
-    )
-    where.add_argument(
-        "--local-workers",
-        type=int_option(1, 1024),
-        default=None,
-        metavar="N",
-        help="start a Dask cluster of N worker processes of one thread each on this"
-        " machine (loopback only) and run the shards there",
-    )
-    c.add_argument(
-        "--checkpoint",
-        type=_checkpoint_option,
-        default=None,
-        metavar="FILE",
-        help="keep the finished shards in FILE (JSON, written atomically) and resume from it"
-        " if it exists; a checkpoint of another campaign is refused",
-    )
-    c.add_argument(
-        "--json",
-        type=_json_option,
-        metavar="FILE",
-        help="also write the report as JSON to FILE "
-        "('-' for standard output, instead of the text report)",
-    )
-    c.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="concrete",
-        help="how traces are run, as for svmpmu fuzz: concrete (the default) or automaton"
-        " (docs/automaton.md); every worker runs the same",
-    )
-    c.add_argument(
-        "--check-oracle",
-        type=int_option(0),
-        default=0,
-        metavar="N",
-        help="replay the first N traces through the pure-Python oracle as well and fail on"
-        " any disagreement with the core",
-    )
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.add_argument(
-        "--full",
-        action="store_true",
-        help="print every class's shrunk reproducer after the table (the default prints the"
-        " table of classes, each with the documented choice that explains it)",
-    )
-    c.add_argument(
-        "--summary", action="store_true", help="the table only (the default; kept for scripts)"
+        between=campaign_options,
     )
     return {"campaign": _campaign}
 
