@@ -52,8 +52,9 @@ def test_automaton_runs_are_the_same_for_any_threads_blocks_and_splits():
         "final", traces=9_000, length=48, seed=5, engine="automaton", threads=2, block=1_234
     )
     assert _comparable(one) == _comparable(two)
-    run = FuzzRun(Policy.preset("final"), Policy.preset("arch"), seed=5, length=48)
-    run = FuzzRun(run.policy, run.reference, seed=5, length=48, engine="automaton")
+    run = FuzzRun(
+        Policy.preset("final"), Policy.preset("arch"), seed=5, length=48, engine="automaton"
+    )
     whole = run.tally(0, 9_000)
     parts = FuzzTally()
     for start, end in [(7_000, 9_000), (0, 17), (17, 7_000)]:
@@ -126,3 +127,36 @@ def test_cli_fuzz_engine_automaton(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli_main(["fuzz", "--engine", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_an_unconfirmed_walk_is_reported_as_a_bug_and_its_class_left_out(monkeypatch, capsys):
+    """A walk whose concrete trace shows other classes (a bug that should never happen, made
+    here by hiding the concrete classes) is listed, never dropped in silence, and the CLI
+    exits 3."""
+    real = FuzzRun._walk
+    first = {}
+
+    def broken(self, index):
+        columns, walk, concrete, diverged = real(self, index)
+        if walk and first.setdefault("index", index) == index:
+            return columns, walk, [], diverged
+        return columns, walk, concrete, diverged
+
+    monkeypatch.setattr(FuzzRun, "_walk", broken)
+    r = svmpmu.fuzz("v4", traces=2_000, length=64, seed=1, engine="automaton")
+    assert len(r.unconfirmed) == 1
+    bug = r.unconfirmed[0]
+    assert bug.trace_index == first["index"]
+    assert bug.walk_classes
+    assert bug.concrete_classes == ()
+    # The classes whose first walk it is are left out; the others are reported.
+    assert r.classes
+    assert all(c.trace_index != bug.trace_index for c in r.classes)
+    assert "BUG: walk" in r.format(counterexamples=False)
+    assert json.loads(r.to_json())["unconfirmed"][0]["trace_index"] == first["index"]
+    first.clear()
+    status = cli_main(
+        ["fuzz", "--policy", "v4", "--engine", "automaton", "--traces", "2000", "--no-progress"]
+    )
+    assert status == 3
+    assert "BUG: walk" in capsys.readouterr().err

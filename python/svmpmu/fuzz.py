@@ -388,7 +388,8 @@ class FuzzReport:
 
     @property
     def records_per_second(self) -> float:
-        """Records replayed (by both models) per second of the run."""
+        """Records run per second of the run: replayed by both models, or walked on the
+        automaton engine's table."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
     def format(self, counterexamples: bool = True, *, documented: bool = False) -> str:

@@ -8,8 +8,9 @@
 //! letters of their own. Each transition is labelled with the class of its parting (PMC 0
 //! counted under one model only), or 0. The automaton is then minimised (Moore's partition
 //! refinement: states with the same labels after every sequence of letters are merged, which
-//! is exact for the walk, since the walk reads labels only), letters with the same column are
-//! merged, and the table is laid out densely: `table[state * stride + symbol]`.
+//! is exact for the walk, since the walk reads labels only), and symbols with the same column
+//! in every state are merged into one column (`crate::automaton` lays the table out densely,
+//! by column, and merges the letters no walk can tell apart).
 
 use std::collections::HashMap;
 
@@ -165,7 +166,7 @@ pub fn explore(
     ))
 }
 
-/// The minimal automaton: `blocks` states, `next`/`label` per (state, symbol), the start.
+/// The minimal automaton: `states` states, `next`/`label` per (state, symbol), the start.
 pub struct Minimal {
     pub states: usize,
     pub next: Vec<u32>,

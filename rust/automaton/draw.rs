@@ -319,7 +319,7 @@ pub fn widest(letters: &Letters) -> usize {
 
 /// wyrand (Wang Yi): one multiply a word. The walks' generator: they draw one word a record,
 /// and the generator's SplitMix64 would cost a third of a step. Its output is fixed by its
-/// definition, so a seed gives the same walks everywhere.
+/// definition, so a seed gives the same walks on every machine (for one compiled table).
 #[derive(Clone, Copy, Debug)]
 pub struct WyRand(pub u64);
 

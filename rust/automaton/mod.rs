@@ -15,9 +15,10 @@
 //! trace.
 //!
 //! Concrete values come in only for a walk that is reported: [`walk_trace`] turns it into a
-//! trace (the letters are concrete records; each parting RUN gets a distinct power of two, so
-//! that no sum of partings cancels) and replays it through the concrete models, which must
-//! show the same classes. Walk `i` of a run depends only on the seed and `i`, so a run is the
+//! trace (the letters are concrete records; each parting RUN gets a count that keeps the
+//! difference from coming back to 0) and replays it through the concrete models, which must
+//! show the same classes. Walk `i` of a run depends only on the seed, `i` and the compiled
+//! table (the pair, the mix and the PMCs, as this version compiles them), so a run is the
 //! same for any thread count and any split.
 
 pub mod build;
@@ -123,6 +124,13 @@ pub fn compile(
         }
     }
     let explored = build::explore(policy, reference, &symbols, MAX_CLASSES)?;
+    // Minimisation packs a state's block number in 24 bits.
+    if explored.states >= 1 << 24 {
+        return Err(CoreError::Value(format!(
+            "the automaton has {} states: too many to minimise",
+            explored.states
+        )));
+    }
     let minimal = build::minimise(&explored, symbols.len());
     let (column_of, columns) = build::merge_symbols(&minimal, symbols.len());
     let stride = columns;
@@ -164,10 +172,15 @@ pub fn compile(
     // representative is the likeliest of them.
     let (letters, proj) = merge_letters(letters, proj);
     let size = draw::widest(&letters);
-    if letters.letters.len() > 0xFFFF || 4 * size > 0xFFFF {
+    if letters.letters.len() > 0xFFFF {
         return Err(CoreError::Value(format!(
             "the automaton engine draws at most 65535 letters, this mix has {}",
             letters.letters.len()
+        )));
+    }
+    if 4 * size > 0xFFFF {
+        return Err(CoreError::Value(format!(
+            "the automaton engine draws at most 16383 letters in a mode, this mix has {size}"
         )));
     }
     let mut slots = vec![Slot::default(); 4 * size];
@@ -519,11 +532,11 @@ pub struct Concrete {
 }
 
 /// Walk `index` of the run seeded by `seed` as a concrete trace. Its records are the walk's
-/// letters, except a RUN's count: a RUN at which no PMC parts runs 1 event; a parting RUN runs
-/// 2^k events, k counting up on each PMC it parts on from just above the most one-event
-/// partings a PMC has between two resets, so that no sum of partings a READ or the end sees
-/// is 0, and every counter stays below 2^48. (More than 47 such exponents on one PMC: the
-/// RUN runs 1 event, and the replay may then not confirm the walk.)
+/// letters, except a RUN's count. A RUN at which no PMC parts runs 1 event. A parting RUN runs
+/// the fewest events that keep, on every PMC it parts on, the count difference further from 0
+/// than the one-event partings left on that PMC before its next reset: so the difference
+/// never comes back to 0 before that reset, and a READ or the end sees it, as the walk says.
+/// The counts stay about as large as the walk is long.
 pub fn walk_trace(
     c: &Compiled,
     seed: u64,
@@ -533,39 +546,68 @@ pub fn walk_trace(
     let mut steps: Vec<(u32, [u8; MAX_PMCS])> = crate::memory::with_capacity(length, "a walk")?;
     let out = walk_n(c, seed, index, length, &mut steps);
     let n = c.n_pmcs;
-    // The most one-event partings on a PMC between two of its resets.
-    let mut ones = [0u64; MAX_PMCS];
-    let mut most = 0u64;
-    for &(l, labels) in &steps {
-        let r = c.letters[l as usize];
+    let resets =
+        |l: usize, p: usize| c.proj[l][SPECIAL] & (1 << p) != 0 && c.letters[l].op != op::READ;
+    let sign = |label: u8| -> i64 {
+        if c.classes[label as usize - 1].signature.policy_counts {
+            1
+        } else {
+            -1
+        }
+    };
+    // Per step and PMC, the one-event partings on the PMC after the step and before its next
+    // reset (a reset zeroes the difference before the record's own counts).
+    let mut left: Vec<[u64; MAX_PMCS]> = crate::memory::with_capacity(length, "a walk")?;
+    left.resize(steps.len(), [0; MAX_PMCS]);
+    let mut after = [0u64; MAX_PMCS];
+    for (t, &(l, labels)) in steps.iter().enumerate().rev() {
+        left[t] = after;
+        let l = l as usize;
         for p in 0..n {
-            if c.proj[l as usize][SPECIAL] & (1 << p) != 0 && r.op != op::READ {
-                ones[p] = 0;
-            }
-            if labels[p] != 0 && r.op != op::RUN {
-                ones[p] += 1;
-                most = most.max(ones[p]);
+            if resets(l, p) {
+                after[p] = 0;
+            } else if labels[p] != 0 && c.letters[l].op != op::RUN {
+                after[p] += 1;
             }
         }
     }
-    let base = 64 - most.leading_zeros();
-    let mut next_exp = [base; MAX_PMCS];
+    let mut d = [0i64; MAX_PMCS];
     let mut trace = TraceBuf::try_with_capacity(length)?;
-    for &(l, labels) in &steps {
-        let mut r = c.letters[l as usize];
-        for (p, e) in next_exp.iter_mut().enumerate().take(n) {
-            if c.proj[l as usize][SPECIAL] & (1 << p) != 0 && r.op != op::READ {
-                *e = base;
+    for (t, &(l, labels)) in steps.iter().enumerate() {
+        let l = l as usize;
+        let mut r = c.letters[l];
+        for (p, d) in d.iter_mut().enumerate().take(n) {
+            if resets(l, p) {
+                *d = 0;
             }
         }
         if r.op == op::RUN {
-            let parts: Vec<usize> = (0..n).filter(|&p| labels[p] != 0).collect();
-            let e = parts.iter().map(|&p| next_exp[p]).max().unwrap_or(0);
-            if !parts.is_empty() && e <= 47 {
-                r.value = 1 << e;
-                for p in parts {
-                    next_exp[p] = e + 1;
+            // The smallest count out of every interval that would leave a parting PMC's
+            // difference within reach of 0.
+            let mut count = 1i64;
+            let mut moved = true;
+            while moved {
+                moved = false;
+                for p in (0..n).filter(|&p| labels[p] != 0) {
+                    let (reach, s) = (left[t][p] as i64, sign(labels[p]));
+                    let (lo, hi) = if s > 0 {
+                        (-reach - d[p], reach - d[p])
+                    } else {
+                        (d[p] - reach, d[p] + reach)
+                    };
+                    if lo <= count && count <= hi {
+                        count = hi + 1;
+                        moved = true;
+                    }
                 }
+            }
+            r.value = count as u64;
+            for p in (0..n).filter(|&p| labels[p] != 0) {
+                d[p] += sign(labels[p]) * count;
+            }
+        } else {
+            for p in (0..n).filter(|&p| labels[p] != 0) {
+                d[p] += sign(labels[p]);
             }
         }
         trace.push(r);

@@ -248,3 +248,38 @@ fn arch_against_itself_has_no_class_and_tables_are_cached() {
     let t = walk_range(&a, 1, 64, 0, 1000, &Cancel::never()).unwrap();
     assert_eq!((t.diverging, t.classes.len()), (0, 0));
 }
+
+/// Long walks of a mix that rarely resets a counter: many parting RUNs on a PMC between two
+/// resets, which the concrete counts must keep apart; every walk is confirmed.
+#[test]
+fn long_walks_of_a_running_guest_are_confirmed() {
+    for name in ["legacy", "v1", "final"] {
+        let p = Policy::preset(name).unwrap();
+        let g = Generator::new(Mix::workload(), 6).unwrap();
+        let c = compile(&p, &arch(), &g).unwrap();
+        for index in 0..12 {
+            let w = walk_trace(&c, 21, index, 5_000).unwrap();
+            crate::trace::validate(&w.trace.as_ref(), 6).unwrap();
+            let concrete = signatures(&w.trace.as_ref(), &p, &arch(), 6);
+            assert_eq!(w.classes, concrete, "{name}, walk {index}");
+        }
+    }
+}
+
+/// Another reference than `arch`: its selectors give the classes their H/G bits.
+#[test]
+fn walks_against_legacy_are_confirmed() {
+    let (p, q) = (arch(), Policy::preset("legacy").unwrap());
+    let c = compile(&p, &q, &generator(4)).unwrap();
+    let mut diverged = 0;
+    for index in 0..300 {
+        let w = walk_trace(&c, 2, index, 64).unwrap();
+        assert_eq!(
+            w.classes,
+            signatures(&w.trace.as_ref(), &p, &q, 4),
+            "walk {index}"
+        );
+        diverged += w.diverged as usize;
+    }
+    assert!(diverged > 0);
+}
