@@ -127,7 +127,7 @@ fn every_walk_is_confirmed_by_the_concrete_models() {
     }
 }
 
-/// A long walk: its parting RUNs need many distinct powers of two.
+/// Long walks: many parting RUNs whose counts must keep the difference from 0.
 #[test]
 fn long_walks_are_confirmed_too() {
     let p = Policy::preset("legacy").unwrap();
