@@ -507,15 +507,26 @@ pub(crate) mod python {
                 fuzz::fuzz_range_with(&spec, start, end, cancel)
             })
         })?;
-        let classes = PyList::empty(py);
-        for (sig, c) in &tally.classes {
-            classes.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
+        (
+            tally.traces,
+            tally.records,
+            tally.diverging,
+            class_list(py, &tally.classes)?,
+            class_list(py, &tally.gone)?,
+        )
+            .into_pyobject(py)
+    }
+
+    /// A tally's classes as a list of `(signature, count, first_trace)`.
+    pub(crate) fn class_list<'py>(
+        py: Python<'py>,
+        classes: &std::collections::BTreeMap<Signature, fuzz::ClassTally>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (sig, c) in classes {
+            out.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
         }
-        let gone = PyList::empty(py);
-        for (sig, c) in &tally.gone {
-            gone.append((sig_tuple(py, sig)?, c.count, c.first_trace))?;
-        }
-        (tally.traces, tally.records, tally.diverging, classes, gone).into_pyobject(py)
+        Ok(out)
     }
 
     /// verify(policy, reference, n_pmcs, ignore, max_states, progress, threads) ->

@@ -465,6 +465,17 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
         )
     finally:
         bar.close()
+    return print_fuzz_report(
+        report, args, out, interrupted_note="the report covers the work finished"
+    )
+
+
+def print_fuzz_report(
+    report: FuzzReport, args: argparse.Namespace, out: TextIO, *, interrupted_note: str
+) -> int:
+    """Print ``report`` as ``fuzz`` and ``campaign`` do (text or ``--json``, then
+    ``--check-oracle``) and return the exit status; ``interrupted_note`` ends the line said
+    when the run was interrupted."""
     interrupted = report.interrupted
     if args.json == "-":
         print(report.to_json(indent=2), file=out)
@@ -490,7 +501,7 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
             if bad:
                 status = EXIT_ORACLE
     if interrupted:
-        print("svmpmu: interrupted: the report covers the work finished", file=sys.stderr)
+        print(f"svmpmu: interrupted: {interrupted_note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return status
 

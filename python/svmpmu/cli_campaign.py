@@ -218,16 +218,11 @@ def _campaign(args: argparse.Namespace, out: TextIO) -> int:
     """``svmpmu campaign``: statuses as ``svmpmu fuzz``'s; an interrupt writes the
     checkpoint, prints the report of the finished shards and exits 130."""
     from .cli import (
-        EXIT_AGREE,
-        EXIT_DIVERGES,
-        EXIT_INTERRUPTED,
-        EXIT_ORACLE,
         EXIT_USAGE,
         _baseline,
-        _check_oracle,
         _one_line,
         _policy,
-        _write_json,
+        print_fuzz_report,
         reference_from_args,
     )
 
@@ -261,35 +256,7 @@ def _campaign(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         bar.close()
     print(_how_it_ran(report.campaign or {}), file=sys.stderr)
-    interrupted = report.interrupted
-    if args.json == "-":
-        print(report.to_json(indent=2), file=out)
-    else:
-        try:
-            text = report.format(counterexamples=args.full, documented=True)
-        except KeyboardInterrupt:  # while checking the documented choices: the plain table
-            text, interrupted = report.format(counterexamples=False), True
-        print(text, file=out)
-        if args.json:
-            _write_json(args.json, report.to_json(indent=2))
-    status = EXIT_DIVERGES if report.classes or report.gone else EXIT_AGREE
-    if report.unconfirmed:  # a walk the concrete models did not confirm: a bug, as for fuzz
-        for u in report.unconfirmed:
-            print(f"svmpmu: {u.format()}", file=sys.stderr)
-        status = EXIT_ORACLE
-    if args.check_oracle:
-        where = sys.stderr if args.json == "-" else out
-        if interrupted:
-            print("oracle cross-check skipped: the run was interrupted", file=where)
-        else:
-            bad, interrupted = _check_oracle(report, args.check_oracle, where)
-            if bad:
-                status = EXIT_ORACLE
-    if interrupted:
-        resume = f"; resume with --checkpoint {args.checkpoint}" if args.checkpoint else ""
-        print(
-            f"svmpmu: interrupted: the report covers the shards finished{resume}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    return status
+    resume = f"; resume with --checkpoint {args.checkpoint}" if args.checkpoint else ""
+    return print_fuzz_report(
+        report, args, out, interrupted_note=f"the report covers the shards finished{resume}"
+    )

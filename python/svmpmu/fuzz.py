@@ -844,35 +844,32 @@ class FuzzRun:
 
     def tally(self, start: int, end: int, threads: int | None = None) -> FuzzTally:
         """Run traces ``start..end`` (in parallel on ``threads``, the same for any number)
-        and tally them, unshrunk. Not interruptible between blocks: callers cut their work
-        into pieces of a second or so (:func:`fuzz` does)."""
+        and tally them, unshrunk. A SIGINT raises KeyboardInterrupt within a few
+        milliseconds and the range is lost: callers cut their work into pieces of a second or
+        so (:func:`fuzz` does)."""
         if self.engine == "automaton":
             _n, r, d, classes, _table = self._walks(start, end, threads)
-            return FuzzTally(
-                traces=end - start,
-                records=r,
-                diverging=d,
-                classes={tuple(sig): (count, first) for sig, count, first in classes},
+            lost: list[Any] = []
+        else:
+            bk = None if self.baseline is None else self.baseline._core_knobs
+            _n, r, d, classes, lost = _core.fuzz_range(
+                self.policy._core_knobs,
+                self.reference._core_knobs,
+                self.seed,
+                self.length,
+                self.n_pmcs,
+                self.mix,
+                start,
+                end,
+                threads,
+                bk,
             )
-        bk = None if self.baseline is None else self.baseline._core_knobs
-        _n, r, d, classes, lost = _core.fuzz_range(
-            self.policy._core_knobs,
-            self.reference._core_knobs,
-            self.seed,
-            self.length,
-            self.n_pmcs,
-            self.mix,
-            start,
-            end,
-            threads,
-            bk,
-        )
+
+        def keyed(rows: list[Any]) -> dict[_ClassKey, tuple[int, int]]:
+            return {tuple(sig): (count, first) for sig, count, first in rows}
+
         return FuzzTally(
-            traces=end - start,
-            records=r,
-            diverging=d,
-            classes={tuple(sig): (count, first) for sig, count, first in classes},  # type: ignore[misc]
-            gone={tuple(sig): (count, first) for sig, count, first in lost},  # type: ignore[misc]
+            traces=end - start, records=r, diverging=d, classes=keyed(classes), gone=keyed(lost)
         )
 
     def report(

@@ -27,8 +27,6 @@ pub mod draw;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use crate::cancel::Cancel;
 use crate::error::CoreError;
 use crate::fuzz::gen::{Generator, Mix, Rng};
@@ -68,14 +66,6 @@ pub struct BuildStats {
     pub seconds: f64,
 }
 
-/// What a class label means to a walk.
-#[derive(Clone, Copy, Debug)]
-struct ClassInfo {
-    signature: Signature,
-    /// A RUN's parting: its difference is a RUN's count, generic.
-    run: bool,
-}
-
 /// A policy and a reference compiled for walks with a mix and a number of PMCs.
 pub struct Compiled {
     pub policy: Policy,
@@ -95,7 +85,8 @@ pub struct Compiled {
     /// beyond the table are never touched, so never made resident).
     table: Box<[u32; TABLE_CAP]>,
     start: u32,
-    classes: Vec<ClassInfo>,
+    /// The class of each label (label `k` is `classes[k - 1]`).
+    classes: Vec<Signature>,
     pub stats: BuildStats,
 }
 
@@ -188,14 +179,7 @@ pub fn compile(
         let at = mode as usize * size;
         slots[at..at + size].copy_from_slice(&draw::alias_table(&letters, m, size, size));
     }
-    let classes: Vec<ClassInfo> = explored
-        .classes
-        .iter()
-        .map(|&signature| ClassInfo {
-            signature,
-            run: signature.op == op::RUN,
-        })
-        .collect();
+    let classes = explored.classes;
     let table_bytes = minimal.states * stride * 4;
     let total_bytes =
         table_bytes + proj.len() * PROJ * 4 + slots.len() * std::mem::size_of::<Slot>();
@@ -381,11 +365,12 @@ impl Differences {
             let label = state[p] >> LABEL_SHIFT;
             if label != 0 {
                 out.labels[label as usize >> 6] |= 1 << (label & 63);
-                let info = c.classes[label as usize - 1];
-                if info.run {
+                let class = c.classes[label as usize - 1];
+                // A RUN's parting: its difference is a RUN's count, generic.
+                if class.op == op::RUN {
                     self.run |= bit;
                 } else {
-                    self.ones[p] += if info.signature.policy_counts { 1 } else { -1 };
+                    self.ones[p] += if class.policy_counts { 1 } else { -1 };
                 }
             }
             let nonzero = self.ones[p] != 0 || self.run & bit != 0;
@@ -491,7 +476,7 @@ fn walk_chunk(
     for (k, &(count, first)) in counts.iter().enumerate().skip(1) {
         if count > 0 {
             tally.classes.insert(
-                c.classes[k - 1].signature,
+                c.classes[k - 1],
                 ClassTally {
                     count,
                     first_trace: first,
@@ -513,14 +498,9 @@ pub fn walk_range(
     end: u64,
     cancel: &Cancel<'_>,
 ) -> Result<Tally, CoreError> {
-    let tasks = end.saturating_sub(start).div_ceil(CHUNK);
-    (0..tasks)
-        .into_par_iter()
-        .map(|t| {
-            let s = start + t * CHUNK;
-            walk_chunk(c, seed, length, s, (s + CHUNK).min(end), cancel)
-        })
-        .try_reduce(Tally::default, |a, b| Ok(a.merge(b)))
+    crate::fuzz::tally_in_chunks(start, end, CHUNK, |s, e| {
+        walk_chunk(c, seed, length, s, e, cancel)
+    })
 }
 
 /// A walk made concrete: its trace, the classes the walk showed (when it diverged), and
@@ -549,7 +529,7 @@ pub fn walk_trace(
     let resets =
         |l: usize, p: usize| c.proj[l][SPECIAL] & (1 << p) != 0 && c.letters[l].op != op::READ;
     let sign = |label: u8| -> i64 {
-        if c.classes[label as usize - 1].signature.policy_counts {
+        if c.classes[label as usize - 1].policy_counts {
             1
         } else {
             -1
@@ -619,7 +599,7 @@ pub fn walk_trace(
             while bits != 0 {
                 let k = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                classes.push(c.classes[k - 1].signature);
+                classes.push(c.classes[k - 1]);
             }
         }
         classes.sort_unstable();

@@ -6,7 +6,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::{compiled, walk_range, walk_trace, BuildStats};
 use crate::fuzz::try_signatures;
-use crate::python::{columns_tuple, generator, on_pool, policy_pair, run, sig_tuple};
+use crate::python::{class_list, columns_tuple, generator, on_pool, policy_pair, run, sig_tuple};
 
 fn stats_dict<'py>(py: Python<'py>, s: &BuildStats, cached: bool) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -54,15 +54,11 @@ pub fn automaton_range<'py>(
             Ok(((c, cached), tally))
         })
     })?;
-    let classes = PyList::empty(py);
-    for (sig, t) in &tally.classes {
-        classes.append((sig_tuple(py, sig)?, t.count, t.first_trace))?;
-    }
     (
         tally.traces,
         tally.records,
         tally.diverging,
-        classes,
+        class_list(py, &tally.classes)?,
         stats_dict(py, &c.stats, cached)?,
     )
         .into_pyobject(py)
@@ -94,13 +90,13 @@ pub fn automaton_walk<'py>(
             Ok((w, concrete))
         })
     })?;
-    let walk = PyList::empty(py);
-    for s in &w.classes {
-        walk.append(sig_tuple(py, s)?)?;
-    }
-    let seen = PyList::empty(py);
-    for s in &concrete {
-        seen.append(sig_tuple(py, s)?)?;
-    }
+    let sigs = |list: &[crate::fuzz::Signature]| -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for s in list {
+            out.append(sig_tuple(py, s)?)?;
+        }
+        Ok(out)
+    };
+    let (walk, seen) = (sigs(&w.classes)?, sigs(&concrete)?);
     (columns_tuple(py, w.trace)?, walk, seen, w.diverged).into_pyobject(py)
 }

@@ -351,12 +351,23 @@ pub fn fuzz_range_with(
     end: u64,
     cancel: &Cancel<'_>,
 ) -> Result<Tally, CoreError> {
-    let tasks = end.saturating_sub(start).div_ceil(CHUNK);
+    tally_in_chunks(start, end, CHUNK, |s, e| fuzz_chunk(spec, s, e, cancel))
+}
+
+/// The tallies of `chunk(s, e)` over `start..end` cut into pieces of `size` traces, run in
+/// parallel on the current rayon pool and merged (the same for any thread count).
+pub(crate) fn tally_in_chunks(
+    start: u64,
+    end: u64,
+    size: u64,
+    chunk: impl Fn(u64, u64) -> Result<Tally, CoreError> + Sync,
+) -> Result<Tally, CoreError> {
+    let tasks = end.saturating_sub(start).div_ceil(size);
     (0..tasks)
         .into_par_iter()
         .map(|c| {
-            let s = start + c * CHUNK;
-            fuzz_chunk(spec, s, (s + CHUNK).min(end), cancel)
+            let s = start + c * size;
+            chunk(s, (s + size).min(end))
         })
         .try_reduce(Tally::default, |a, b| Ok(a.merge(b)))
 }
